@@ -1,0 +1,164 @@
+//! The IR between manifests and backends: one [`ServicePort`] per (Service, port, family),
+//! already resolved against the node (which endpoints are local, topology, fallbacks).
+//!
+//! Everything kube-proxy decides per node is decided here, once; the backends (nftables,
+//! later iptables) only choose how to express it. Each item keeps its provenance so
+//! generated rules can say which object made them.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::nft::model::{Family, L4Proto};
+
+/// The IR of one node: one [`FamilyIr`] per IP family svcc programs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ir {
+    pub families: Vec<FamilyIr>,
+}
+
+/// Node-wide settings and the service ports of one IP family.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FamilyIr {
+    #[serde(serialize_with = "ser_family")]
+    pub family: Family,
+    /// Where NodePorts are accepted.
+    pub node_ports_on: NodePortAddrs,
+    /// The node's own addresses of this family (LB source-range "allow from node").
+    pub node_ips: Vec<IpAddr>,
+    /// Pod CIDRs of the local-traffic detector (`clusterCIDR`); empty = no detector.
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    /// The masquerade mark bit value (1 << masqueradeBit).
+    pub masquerade_mark: u32,
+    /// Service CIDRs: a destination in them that is not an allocated ClusterIP is dropped.
+    pub service_cidrs: Vec<IpNet>,
+    /// Sorted by (namespace, name, port name, protocol).
+    pub service_ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodePortAddrs {
+    /// Every local address except loopback (`fib daddr type local`).
+    AllLocal,
+    /// Only these addresses (may be empty: NodePorts disabled for this family).
+    Addrs(Vec<IpAddr>),
+}
+
+/// `namespace/name:port` — kube-proxy's ServicePortName.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's name ("" for a single unnamed port).
+    pub port: String,
+    #[serde(serialize_with = "ser_proto")]
+    pub protocol: L4Proto,
+}
+
+impl std::fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+    }
+}
+
+/// Which object and field produced an item.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Provenance {
+    pub file: String,
+    /// Path of the object inside the file (document index, then list items).
+    pub object_path: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+}
+
+/// One address (or, for NodePorts, any node address) + port where a service port is reached.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Frontend {
+    pub kind: FrontendKind,
+    /// None for NodePorts (matched against the node's NodePort addresses).
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+}
+
+/// An endpoint as the data plane sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// On this node (endpoint.nodeName == node name).
+    pub local: bool,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// kube-proxy's `CategorizeEndpoints` result.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Backends {
+    /// Used for traffic with the Cluster policy (ready, else serving+terminating; topology applied).
+    pub cluster: Vec<Backend>,
+    /// Used for traffic with the Local policy (local ready, else local serving+terminating).
+    pub local: Vec<Backend>,
+    /// Any usable endpoint anywhere (decides REJECT vs DROP).
+    pub has_any: bool,
+    /// Every serving endpoint, for stale-conntrack cleanup.
+    pub serving: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Policy {
+    /// externalTrafficPolicy: Local
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local
+    pub internal_local: bool,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// loadBalancerSourceRanges (this family); empty = no firewall.
+    pub source_ranges: Vec<IpNet>,
+    /// A source range contains a node IP: LB IPs themselves are allowed as sources.
+    pub allow_lb_ips_as_source: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub provenance: Provenance,
+    #[serde(serialize_with = "ser_proto")]
+    pub protocol: L4Proto,
+    pub frontends: Vec<Frontend>,
+    pub backends: Backends,
+    pub policy: Policy,
+}
+
+impl ServicePort {
+    pub fn cluster_ip(&self) -> Option<IpAddr> {
+        self.frontends.iter().find(|f| f.kind == FrontendKind::ClusterIp).and_then(|f| f.addr)
+    }
+    /// kube-proxy's `ExternallyAccessible`: a NodePort, external IPs or LB IPs.
+    pub fn externally_accessible(&self) -> bool {
+        self.frontends.iter().any(|f| f.kind != FrontendKind::ClusterIp)
+    }
+}
+
+fn ser_family<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(f.keyword())
+}
+fn ser_proto<S: serde::Serializer>(p: &L4Proto, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.keyword())
+}

@@ -1,0 +1,60 @@
+//! svcc's compiler: Kubernetes manifests → IR → nftables object model → text.
+//!
+//! Pure: no I/O, no netlink. The CLI reads files and hands their text in as [`Source`]s;
+//! the runtime crate encodes the returned [`nft::model::Ruleset`] to netlink.
+//!
+//! Stages (one public function each): [`manifest::parse_sources`] → [`lower::lower`] →
+//! [`nft::build::build`] → [`nft::render::render_replace`]. [`compile`] runs them all.
+
+pub mod config;
+pub mod diag;
+pub mod ir;
+pub mod lower;
+pub mod manifest;
+pub mod names;
+pub mod nft;
+
+pub use config::{Backend, NodePortAddresses, NodeSettings};
+pub use diag::{Diagnostic, InputErrors, Severity};
+pub use manifest::{Skipped, Source};
+
+/// What to do with invalid objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Compile every valid object and report the rest, instead of failing.
+    pub keep_going: bool,
+}
+
+/// The result of a compile.
+#[derive(Debug)]
+pub struct Output {
+    pub ir: ir::Ir,
+    pub ruleset: nft::model::Ruleset,
+    /// Warnings, and with `keep_going` the errors of the objects left out.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Things worth saying with `--verbose` (headless services, ignored objects …).
+    pub notes: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Output {
+    /// The ruleset as an `nft -f` script replacing svcc's tables.
+    pub fn nft_text(&self) -> String {
+        nft::render::render_replace(&self.ruleset)
+    }
+}
+
+/// Runs every stage. Fails (with every diagnostic, located) if the input has errors and
+/// `keep_going` is off.
+pub fn compile(sources: &[Source], settings: &NodeSettings, opts: CompileOptions) -> Result<Output, InputErrors> {
+    let mut diags = Vec::new();
+    let mut notes = Vec::new();
+    let parsed = manifest::parse_sources(sources, &mut diags);
+    let ir = lower::lower(&parsed, settings, &mut diags, &mut notes);
+    manifest::locate(&mut diags, sources);
+    if !opts.keep_going && diags.iter().any(Diagnostic::is_error) {
+        return Err(InputErrors(diags));
+    }
+    let ruleset = nft::build::build(&ir);
+    Ok(Output { ir, ruleset, diagnostics: diags, notes, skipped: parsed.skipped })
+}

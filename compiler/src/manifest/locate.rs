@@ -1,0 +1,167 @@
+//! Finds the line and column of a field path inside a YAML/JSON file.
+//!
+//! serde's typed deserialization keeps no spans, so positions are recovered on demand by
+//! replaying the file through yaml-rust2's event parser (which carries a marker on every
+//! event). It runs only when there is something to report, once per file for all of that
+//! file's diagnostics.
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use crate::diag::PathSeg;
+
+/// For each `(document index, path)` request, the 1-based (line, column) of the deepest
+/// existing node along the path (the field itself when it exists, else its nearest parent).
+pub fn locate_all(text: &str, requests: &[(usize, Vec<PathSeg>)]) -> Vec<Option<(usize, usize)>> {
+    let mut r = Recv {
+        requests,
+        best: vec![None; requests.len()],
+        doc: None,
+        stack: Vec::new(),
+        pending_key: None,
+    };
+    let mut p = Parser::new_from_str(text);
+    // A syntax error ends the replay; what was found so far is still useful.
+    let _ = p.load(&mut r, true);
+    r.best.into_iter().map(|b| b.map(|(_, l, c)| (l, c))).collect()
+}
+
+enum Frame {
+    /// A mapping: `key` is the key whose value is being read, or None when a key comes next.
+    Map { key: Option<String> },
+    Seq { next: usize },
+}
+
+struct Recv<'a> {
+    requests: &'a [(usize, Vec<PathSeg>)],
+    /// (depth matched, line, column)
+    best: Vec<Option<(usize, usize, usize)>>,
+    doc: Option<usize>,
+    stack: Vec<Frame>,
+    pending_key: Option<Marker>,
+}
+
+impl Recv<'_> {
+    fn path(&self) -> Vec<PathSeg> {
+        let mut p = Vec::with_capacity(self.stack.len());
+        for f in &self.stack {
+            match f {
+                Frame::Map { key: Some(k) } => p.push(PathSeg::Key(k.clone())),
+                Frame::Map { key: None } => {}
+                Frame::Seq { next } => p.push(PathSeg::Index(*next)),
+            }
+        }
+        p
+    }
+
+    fn record(&mut self, path: &[PathSeg], mark: Marker) {
+        let Some(doc) = self.doc else { return };
+        for (i, (d, want)) in self.requests.iter().enumerate() {
+            if *d != doc || path.len() > want.len() || want[..path.len()] != *path {
+                continue;
+            }
+            let better = match self.best[i] {
+                None => true,
+                Some((depth, _, _)) => path.len() > depth,
+            };
+            if better {
+                self.best[i] = Some((path.len(), mark.line(), mark.col() + 1));
+            }
+        }
+    }
+
+    /// A node (scalar or container start) at the current position.
+    fn node_start(&mut self, mark: Marker, scalar: Option<&str>) -> bool {
+        // Returns true when the node was a mapping key.
+        if let Some(Frame::Map { key }) = self.stack.last_mut() {
+            if key.is_none() {
+                if let Some(s) = scalar {
+                    *key = Some(s.to_string());
+                } else {
+                    *key = Some(String::new());
+                }
+                self.pending_key = Some(mark);
+                let path = self.path();
+                self.record(&path, mark);
+                return true;
+            }
+        }
+        let path = self.path();
+        let m = self.pending_key.take().unwrap_or(mark);
+        self.record(&path, m);
+        false
+    }
+
+    /// A node finished: advance the parent.
+    fn node_end(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key }) => *key = None,
+            Some(Frame::Seq { next }) => *next += 1,
+            None => {}
+        }
+    }
+}
+
+impl MarkedEventReceiver for Recv<'_> {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::DocumentStart => {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+                self.stack.clear();
+            }
+            Event::Scalar(s, ..) => {
+                if !self.node_start(mark, Some(&s)) {
+                    self.node_end();
+                }
+            }
+            Event::Alias(_) => {
+                if !self.node_start(mark, None) {
+                    self.node_end();
+                }
+            }
+            Event::MappingStart(..) => {
+                self.node_start(mark, None);
+                self.stack.push(Frame::Map { key: None });
+            }
+            Event::SequenceStart(..) => {
+                self.node_start(mark, None);
+                self.stack.push(Frame::Seq { next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.node_end();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> PathSeg {
+        PathSeg::Key(s.into())
+    }
+
+    #[test]
+    fn finds_fields_in_multi_document_yaml() {
+        let text = "a: 1\n---\nkind: Service\nspec:\n  ports:\n  - port: 80\n  - name: x\n    port: 99999\n";
+        let got = locate_all(
+            text,
+            &[
+                (1, vec![k("spec"), k("ports"), PathSeg::Index(1), k("port")]),
+                (1, vec![k("spec"), k("missing")]),
+                (0, vec![k("a")]),
+            ],
+        );
+        assert_eq!(got, vec![Some((8, 5)), Some((4, 1)), Some((1, 1))]);
+    }
+
+    #[test]
+    fn finds_fields_in_json() {
+        let text = "{\n  \"items\": [\n    {\"kind\": \"Service\"},\n    {\"spec\": {\"x\": 1}}\n  ]\n}\n";
+        let got = locate_all(text, &[(0, vec![k("items"), PathSeg::Index(1), k("spec"), k("x")])]);
+        assert_eq!(got, vec![Some((4, 15))]);
+    }
+}

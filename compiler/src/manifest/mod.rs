@@ -1,0 +1,242 @@
+//! Manifests → typed Kubernetes objects, each with its [`Origin`].
+//!
+//! Accepts what `kubectl get -o yaml|json` prints: multi-document YAML, JSON, `kind: List`
+//! and typed `*List` kinds (whose items may lack apiVersion/kind). Objects of kinds svcc does
+//! not use are counted and listed, not rejected: users pipe `kubectl get all`.
+
+pub mod locate;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
+
+/// One input file's name and text (the CLI does the reading; the compiler does no I/O).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Endpoints(Box<Endpoints>),
+    ServiceCidr(Box<ServiceCIDR>),
+    Node(Box<Node>),
+}
+
+/// An object svcc does not use, listed with `--verbose`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub file: String,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub objects: Vec<(Origin, Object)>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Parses every source; problems go to `diags`, good objects to the result.
+pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed {
+    let mut out = Parsed::default();
+    for src in sources {
+        parse_source(src, &mut out, diags);
+    }
+    out
+}
+
+fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
+    let file: Arc<str> = Arc::from(src.name.as_str());
+    for (doc, de) in serde_yaml_ng::Deserializer::from_str(&src.text).enumerate() {
+        let value = match Value::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                let mut d = Diagnostic::error(&src.name, format!("cannot parse YAML/JSON: {}", strip_location(&e)));
+                if let Some(loc) = e.location() {
+                    d.line = Some(loc.line());
+                    d.column = Some(loc.column());
+                }
+                diags.push(d);
+                // The parser cannot resynchronise after a syntax error: the rest of the file is lost.
+                return;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let origin = Origin { file: file.clone(), doc, base: Vec::new() };
+        handle_value(value, origin, out, diags);
+    }
+}
+
+fn strip_location(e: &serde_yaml_ng::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+fn object_name(v: &Value) -> String {
+    let md = v.get("metadata");
+    let name = md.and_then(|m| str_field(m, "name")).unwrap_or("<unnamed>");
+    match md.and_then(|m| str_field(m, "namespace")) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
+    if !value.is_mapping() {
+        diags.push(Diagnostic::at_field(
+            Severity::Error,
+            &origin,
+            None,
+            &[],
+            "expected a Kubernetes object (a mapping with apiVersion and kind)",
+        ));
+        return;
+    }
+    let kind = str_field(&value, "kind").unwrap_or("").to_string();
+    let api = str_field(&value, "apiVersion").unwrap_or("").to_string();
+    if kind.is_empty() {
+        diags.push(Diagnostic::at_field(
+            Severity::Error,
+            &origin,
+            None,
+            &[PathSeg::Key("kind".into())],
+            "missing `kind`: not a Kubernetes object",
+        ));
+        return;
+    }
+    if let Some(item_kind) = kind.strip_suffix("List") {
+        let items = match value.get_mut("items") {
+            Some(Value::Sequence(s)) => std::mem::take(s),
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => {
+                diags.push(Diagnostic::at_field(
+                    Severity::Error,
+                    &origin,
+                    Some(kind.clone()),
+                    &[PathSeg::Key("items".into())],
+                    "`items` must be a list",
+                ));
+                return;
+            }
+        };
+        for (i, mut item) in items.into_iter().enumerate() {
+            // Typed lists (ServiceList, …) print their items without apiVersion/kind.
+            if !item_kind.is_empty() {
+                if let Value::Mapping(m) = &mut item {
+                    m.entry("kind".into()).or_insert_with(|| Value::String(item_kind.to_string()));
+                    m.entry("apiVersion".into()).or_insert_with(|| Value::String(api.clone()));
+                }
+            }
+            let mut o = origin.clone();
+            o.base.push(PathSeg::Key("items".into()));
+            o.base.push(PathSeg::Index(i));
+            handle_value(item, o, out, diags);
+        }
+        return;
+    }
+    let name = object_name(&value);
+    let group = api.split('/').next().unwrap_or("");
+    let obj = match (kind.as_str(), api.as_str()) {
+        ("Service", "v1") => typed(value, &origin, &kind, &name, diags).map(|s| Object::Service(Box::new(s))),
+        ("Endpoints", "v1") => typed(value, &origin, &kind, &name, diags).map(|s| Object::Endpoints(Box::new(s))),
+        ("Node", "v1") => typed(value, &origin, &kind, &name, diags).map(|s| Object::Node(Box::new(s))),
+        ("EndpointSlice", "discovery.k8s.io/v1") => {
+            typed(value, &origin, &kind, &name, diags).map(|s| Object::EndpointSlice(Box::new(s)))
+        }
+        ("ServiceCIDR", "networking.k8s.io/v1" | "networking.k8s.io/v1beta1") => {
+            // v1beta1 has the same schema; read it as v1.
+            if let Value::Mapping(m) = &mut value {
+                m.insert("apiVersion".into(), Value::String("networking.k8s.io/v1".into()));
+            }
+            typed(value, &origin, &kind, &name, diags).map(|s| Object::ServiceCidr(Box::new(s)))
+        }
+        ("Service" | "Endpoints" | "Node", _) | ("EndpointSlice", _) if group != "apps" => {
+            diags.push(Diagnostic::at_field(
+                Severity::Error,
+                &origin,
+                Some(format!("{kind} {name}")),
+                &[PathSeg::Key("apiVersion".into())],
+                format!("unsupported apiVersion {api:?} for {kind}"),
+            ));
+            None
+        }
+        _ => {
+            out.skipped.push(Skipped { file: origin.file.to_string(), kind, name });
+            None
+        }
+    };
+    if let Some(o) = obj {
+        out.objects.push((origin, o));
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    value: Value,
+    origin: &Origin,
+    kind: &str,
+    name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let path: Vec<PathSeg> = e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Seq { index } => Some(PathSeg::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => Some(PathSeg::Key(key.clone())),
+                    serde_path_to_error::Segment::Enum { variant } => Some(PathSeg::Key(variant.clone())),
+                    serde_path_to_error::Segment::Unknown => None,
+                })
+                .collect();
+            diags.push(Diagnostic::at_field(
+                Severity::Error,
+                origin,
+                Some(format!("{kind} {name}")),
+                &path,
+                e.into_inner().to_string(),
+            ));
+            None
+        }
+    }
+}
+
+/// Fills in line/column of every diagnostic that has a field path, one replay per file.
+pub fn locate(diags: &mut [Diagnostic], sources: &[Source]) {
+    for src in sources {
+        let idx: Vec<usize> = (0..diags.len())
+            .filter(|&i| diags[i].file == src.name && diags[i].line.is_none() && diags[i].at.is_some())
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let reqs: Vec<(usize, Vec<PathSeg>)> = idx.iter().map(|&i| diags[i].at.clone().unwrap()).collect();
+        let found = locate::locate_all(&src.text, &reqs);
+        for (&i, f) in idx.iter().zip(found) {
+            if let Some((l, c)) = f {
+                diags[i].line = Some(l);
+                diags[i].column = Some(c);
+            }
+        }
+    }
+}

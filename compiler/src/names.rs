@@ -1,0 +1,103 @@
+//! Every table, chain, set and map name svcc uses, and the length bounds on them.
+//!
+//! Per-service chain names follow kube-proxy's nftables mode (`service-<HASH8>-ns/svc/proto/port`)
+//! so operators recognise them; the hash keeps names unique after truncation.
+
+use sha2::{Digest, Sha256};
+
+use crate::ir::ServicePortName;
+
+pub const TABLE: &str = "svcc";
+pub const TABLE_COMMENT: &str = "rules for Kubernetes Services, managed by svcc";
+
+// Base chains.
+pub const NAT_PREROUTING: &str = "nat-prerouting";
+pub const NAT_OUTPUT: &str = "nat-output";
+pub const NAT_POSTROUTING: &str = "nat-postrouting";
+pub const FILTER_PREROUTING_PRE_DNAT: &str = "filter-prerouting-pre-dnat";
+pub const FILTER_OUTPUT_PRE_DNAT: &str = "filter-output-pre-dnat";
+pub const FILTER_INPUT: &str = "filter-input";
+pub const FILTER_FORWARD: &str = "filter-forward";
+pub const FILTER_OUTPUT: &str = "filter-output";
+
+// Fixed regular chains.
+pub const SERVICES: &str = "services";
+pub const MASQUERADING: &str = "masquerading";
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+pub const REJECT_CHAIN: &str = "reject-chain";
+pub const FIREWALL_CHECK: &str = "firewall-check";
+pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+
+// Sets and maps: a fixed list, whatever the number of services.
+pub const CLUSTER_IPS: &str = "cluster-ips";
+pub const SERVICE_IPS: &str = "service-ips";
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+pub const NODEPORT_IPS: &str = "nodeport-ips";
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+pub const FIREWALL_IPS: &str = "firewall-ips";
+pub const FIREWALL_ALLOW: &str = "firewall-allow";
+pub const AFFINITY: &str = "affinity";
+pub const HAIRPIN: &str = "hairpin";
+pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
+pub const SERVICE_CIDRS: &str = "service-cidrs";
+
+/// Room left for the `<prefix>-<HASH8>-` part within nft's 256-byte chain names, as kube-proxy.
+const CHAIN_NAME_BASE_MAX: usize = 240;
+
+/// `ns/svc/proto/port`, kube-proxy's `servicePortChainNameBase`.
+fn chain_base(spn: &ServicePortName) -> String {
+    format!("{}/{}/{}/{}", spn.namespace, spn.name, spn.protocol.keyword(), spn.port)
+}
+
+/// kube-proxy's `hashAndTruncate`: `<base32(sha256(name))[:8]>-<name>`, bounded in length.
+pub fn hash_and_truncate(name: &str) -> String {
+    let hash = Sha256::digest(name.as_bytes());
+    let enc = data_encoding::BASE32.encode(&hash);
+    let mut out = format!("{}-{name}", &enc[..8]);
+    if out.len() > CHAIN_NAME_BASE_MAX {
+        let mut cut = CHAIN_NAME_BASE_MAX - 3;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
+}
+
+/// Chain picking among all usable endpoints (Cluster policy).
+pub fn cluster_chain(spn: &ServicePortName) -> String {
+    format!("service-{}", hash_and_truncate(&chain_base(spn)))
+}
+
+/// Chain picking among local endpoints (Local policy).
+pub fn local_chain(spn: &ServicePortName) -> String {
+    format!("local-{}", hash_and_truncate(&chain_base(spn)))
+}
+
+/// Chain for traffic to NodePorts, external IPs and LB IPs.
+pub fn external_chain(spn: &ServicePortName) -> String {
+    format!("external-{}", hash_and_truncate(&chain_base(spn)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::model::L4Proto;
+
+    #[test]
+    fn matches_kube_proxy_naming() {
+        // kube-proxy's test: service-ULMVA6XW-ns1/svc1/tcp/p80
+        let spn = ServicePortName { namespace: "ns1".into(), name: "svc1".into(), port: "p80".into(), protocol: L4Proto::Tcp };
+        assert_eq!(cluster_chain(&spn), "service-ULMVA6XW-ns1/svc1/tcp/p80");
+    }
+
+    #[test]
+    fn long_names_are_bounded() {
+        let spn = ServicePortName { namespace: "n".repeat(63), name: "s".repeat(63), port: "p".repeat(200), protocol: L4Proto::Udp };
+        assert!(external_chain(&spn).len() <= 256);
+    }
+}

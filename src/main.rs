@@ -1,0 +1,20 @@
+//! `svcc`: the command-line front end. Parses flags, reads files, calls the compiler (and the
+//! runtime), renders diagnostics and maps outcomes to exit codes. No logic of its own.
+
+mod cli;
+mod inputs;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svcc: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
