@@ -16,7 +16,11 @@ use crate::inputs;
 const EXIT_INPUT: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "svcc", version, about = "A netfilter ruleset compiler for Kubernetes Services")]
+#[command(
+    name = "svcc",
+    version,
+    about = "A netfilter ruleset compiler for Kubernetes Services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -159,24 +163,33 @@ impl NodeFlags {
         if s.hostname.is_empty() {
             s.hostname = inputs::hostname();
         }
-        for ip in self.node_ip.iter().map(|x| x.trim()).filter(|x| !x.is_empty()) {
-            let a: IpAddr = ip.parse().map_err(|_| input_error(format!("--node-ip: invalid IP address {ip:?}")))?;
+        for ip in self
+            .node_ip
+            .iter()
+            .map(|x| x.trim())
+            .filter(|x| !x.is_empty())
+        {
+            let a: IpAddr = ip
+                .parse()
+                .map_err(|_| input_error(format!("--node-ip: invalid IP address {ip:?}")))?;
             if !s.node_ips.contains(&a) {
                 s.node_ips.push(a);
             }
         }
         if let Some(c) = &self.cluster_cidr {
-            s.cluster_cidrs = parse_cidrs(&[c]).map_err(|e| input_error(format!("--cluster-cidr: {e}")))?;
+            s.cluster_cidrs =
+                parse_cidrs(&[c]).map_err(|e| input_error(format!("--cluster-cidr: {e}")))?;
         }
         if self.masquerade_all {
             s.masquerade_all = true;
         }
         if let Some(n) = &self.nodeport_addresses {
-            s.nodeport_addresses =
-                parse_nodeport_addresses(&[n]).map_err(|e| input_error(format!("--nodeport-addresses: {e}")))?;
+            s.nodeport_addresses = parse_nodeport_addresses(&[n])
+                .map_err(|e| input_error(format!("--nodeport-addresses: {e}")))?;
         }
         if let Some(c) = &self.service_cidr {
-            s.service_cidrs = parse_cidrs(&[c]).map_err(|e| input_error(format!("--service-cidr: {e}")))?;
+            s.service_cidrs =
+                parse_cidrs(&[c]).map_err(|e| input_error(format!("--service-cidr: {e}")))?;
         }
         match self.backend {
             Some(BackendFlag::Nftables) => s.backend = Backend::Nftables,
@@ -184,7 +197,9 @@ impl NodeFlags {
             None => {}
         }
         if s.backend == Backend::Iptables {
-            return Err(input_error("the iptables backend is not available yet: use --backend nftables".into()));
+            return Err(input_error(
+                "the iptables backend is not available yet: use --backend nftables".into(),
+            ));
         }
         Ok(s)
     }
@@ -199,7 +214,9 @@ impl NodeFlags {
             }
         };
         let sources = inputs::read_sources(inputs_)?;
-        let opts = CompileOptions { keep_going: self.keep_going };
+        let opts = CompileOptions {
+            keep_going: self.keep_going,
+        };
         match svcc_compiler::compile(&sources, &settings, opts) {
             Ok(out) => {
                 print_diags(&out.diagnostics);
@@ -208,7 +225,10 @@ impl NodeFlags {
                         eprintln!("note: {n}");
                     }
                     for s in &out.skipped {
-                        eprintln!("note: {}: skipped {} {} (not used by svcc)", s.file, s.kind, s.name);
+                        eprintln!(
+                            "note: {}: skipped {} {} (not used by svcc)",
+                            s.file, s.kind, s.name
+                        );
                     }
                     let st = out.ruleset.stats();
                     let ports: usize = out.ir.families.iter().map(|f| f.service_ports.len()).sum();

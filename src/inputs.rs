@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use svcc_compiler::Source;
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Reads every input; directories contribute their `*.yaml|*.yml|*.json` files, sorted.
@@ -17,8 +20,13 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>> {
     for p in paths {
         if p.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
-            out.push(Source { name: "<stdin>".into(), text });
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            out.push(Source {
+                name: "<stdin>".into(),
+                text,
+            });
         } else if p.is_dir() {
             let mut files = Vec::new();
             walk(p, &mut files)?;
@@ -34,7 +42,9 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))? {
+    for e in
+        std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?
+    {
         let p = e?.path();
         if p.is_dir() {
             walk(&p, files)?;
@@ -47,7 +57,10 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 
 pub fn read_file(p: &Path) -> Result<Source> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Source { name: p.display().to_string(), text })
+    Ok(Source {
+        name: p.display().to_string(),
+        text,
+    })
 }
 
 /// The machine's host name, as kube-proxy uses it when no override is given.
@@ -59,9 +72,16 @@ pub fn hostname() -> String {
 
 /// Writes `text` to `path` atomically (a failed run leaves the previous file as it was).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.svcc-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.svcc-tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -120,18 +120,31 @@ pub struct FileSettings {
 
 /// Parses a KubeProxyConfiguration file.
 pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, Vec<Diagnostic>> {
-    let origin = Origin { file: file.into(), doc: 0, base: Vec::new() };
+    let origin = Origin {
+        file: file.into(),
+        doc: 0,
+        base: Vec::new(),
+    };
     let err = |field: &[&str], msg: String| {
         let path: Vec<PathSeg> = field.iter().map(|s| PathSeg::Key(s.to_string())).collect();
-        Diagnostic::at_field(Severity::Error, &origin, Some("KubeProxyConfiguration".into()), &path, msg)
+        Diagnostic::at_field(
+            Severity::Error,
+            &origin,
+            Some("KubeProxyConfiguration".into()),
+            &path,
+            msg,
+        )
     };
     let cfg: KubeProxyConfiguration = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
         .map_err(|e| (e.location(), e.to_string()))
-        .and_then(|v| serde_path_to_error::deserialize(v).map_err(|e| (None, format!("{}: {}", e.path(), e.inner()))))
-    {
+        .and_then(|v| {
+            serde_path_to_error::deserialize(v)
+                .map_err(|e| (None, format!("{}: {}", e.path(), e.inner())))
+        }) {
         Ok(c) => c,
         Err((loc, msg)) => {
-            let mut d = Diagnostic::error(file, format!("cannot read KubeProxyConfiguration: {msg}"));
+            let mut d =
+                Diagnostic::error(file, format!("cannot read KubeProxyConfiguration: {msg}"));
             if let Some(l) = loc {
                 d.line = Some(l.line());
                 d.column = Some(l.column());
@@ -141,14 +154,26 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
     };
     let mut errs = Vec::new();
     if cfg.kind.as_deref() != Some("KubeProxyConfiguration") {
-        errs.push(err(&["kind"], format!("expected kind KubeProxyConfiguration, found {:?}", cfg.kind.unwrap_or_default())));
+        errs.push(err(
+            &["kind"],
+            format!(
+                "expected kind KubeProxyConfiguration, found {:?}",
+                cfg.kind.unwrap_or_default()
+            ),
+        ));
     }
     if let Some(a) = &cfg.api_version {
         if a != "kubeproxy.config.k8s.io/v1alpha1" {
-            errs.push(err(&["apiVersion"], format!("unsupported apiVersion {a:?} (want kubeproxy.config.k8s.io/v1alpha1)")));
+            errs.push(err(
+                &["apiVersion"],
+                format!("unsupported apiVersion {a:?} (want kubeproxy.config.k8s.io/v1alpha1)"),
+            ));
         }
     }
-    let mut out = FileSettings { hostname: cfg.hostname_override.filter(|h| !h.is_empty()), ..Default::default() };
+    let mut out = FileSettings {
+        hostname: cfg.hostname_override.filter(|h| !h.is_empty()),
+        ..Default::default()
+    };
     match cfg.detect_local_mode.as_deref() {
         None | Some("") | Some("ClusterCIDR") => {}
         Some(other) => errs.push(err(
@@ -158,7 +183,12 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
     }
     let mut cidrs: Vec<String> = Vec::new();
     if let Some(c) = &cfg.cluster_cidr {
-        cidrs.extend(c.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from));
+        cidrs.extend(
+            c.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
     }
     if let Some(d) = &cfg.detect_local {
         cidrs.extend(d.cluster_cidrs.iter().cloned());
@@ -174,7 +204,10 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
         Some("nftables") => Some(Backend::Nftables),
         Some("iptables") => Some(Backend::Iptables),
         Some(m) => {
-            errs.push(err(&["mode"], format!("mode {m:?} is unsupported by svcc (nftables or iptables)")));
+            errs.push(err(
+                &["mode"],
+                format!("mode {m:?} is unsupported by svcc (nftables or iptables)"),
+            ));
             None
         }
     };
@@ -182,19 +215,30 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
         Some(Backend::Iptables) => cfg.iptables.as_ref().or(cfg.nftables.as_ref()),
         _ => cfg.nftables.as_ref().or(cfg.iptables.as_ref()),
     };
-    let mode_key = if matches!(out.backend, Some(Backend::Iptables)) { "iptables" } else { "nftables" };
+    let mode_key = if matches!(out.backend, Some(Backend::Iptables)) {
+        "iptables"
+    } else {
+        "nftables"
+    };
     if let Some(m) = mode_cfg {
         out.masquerade_all = m.masquerade_all;
         if let Some(b) = m.masquerade_bit {
             if (0..=31).contains(&b) {
                 out.masquerade_bit = Some(b as u8);
             } else {
-                errs.push(err(&[mode_key, "masqueradeBit"], format!("masqueradeBit {b} out of range 0-31")));
+                errs.push(err(
+                    &[mode_key, "masqueradeBit"],
+                    format!("masqueradeBit {b} out of range 0-31"),
+                ));
             }
         }
         for (val, key, slot) in [
             (&m.sync_period, "syncPeriod", &mut out.sync_period),
-            (&m.min_sync_period, "minSyncPeriod", &mut out.min_sync_period),
+            (
+                &m.min_sync_period,
+                "minSyncPeriod",
+                &mut out.min_sync_period,
+            ),
         ] {
             if let Some(s) = val {
                 match parse_duration(s) {
@@ -234,12 +278,18 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     if let Ok(n) = s.parse::<IpNet>() {
         return Ok(n.trunc());
     }
-    s.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("invalid CIDR {s:?}"))
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid CIDR {s:?}"))
 }
 
 pub fn parse_nodeport_addresses<S: AsRef<str>>(items: &[S]) -> Result<NodePortAddresses, String> {
-    let flat: Vec<&str> =
-        items.iter().flat_map(|s| s.as_ref().split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
+    let flat: Vec<&str> = items
+        .iter()
+        .flat_map(|s| s.as_ref().split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if flat.is_empty() {
         return Ok(NodePortAddresses::Unset);
     }
@@ -264,10 +314,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         let num: f64 = rest[..n].parse().map_err(|_| bad())?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let mult = match &rest[..u] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,

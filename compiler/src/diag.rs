@@ -103,7 +103,11 @@ impl Diagnostic {
             line: None,
             column: None,
             object,
-            field: if field.is_empty() { None } else { Some(path_string(field)) },
+            field: if field.is_empty() {
+                None
+            } else {
+                Some(path_string(field))
+            },
             message: message.into(),
             at: Some((origin.doc, full)),
         }

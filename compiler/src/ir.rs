@@ -148,11 +148,16 @@ pub struct ServicePort {
 
 impl ServicePort {
     pub fn cluster_ip(&self) -> Option<IpAddr> {
-        self.frontends.iter().find(|f| f.kind == FrontendKind::ClusterIp).and_then(|f| f.addr)
+        self.frontends
+            .iter()
+            .find(|f| f.kind == FrontendKind::ClusterIp)
+            .and_then(|f| f.addr)
     }
     /// kube-proxy's `ExternallyAccessible`: a NodePort, external IPs or LB IPs.
     pub fn externally_accessible(&self) -> bool {
-        self.frontends.iter().any(|f| f.kind != FrontendKind::ClusterIp)
+        self.frontends
+            .iter()
+            .any(|f| f.kind != FrontendKind::ClusterIp)
     }
 }
 

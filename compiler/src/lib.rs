@@ -46,7 +46,11 @@ impl Output {
 
 /// Runs every stage. Fails (with every diagnostic, located) if the input has errors and
 /// `keep_going` is off.
-pub fn compile(sources: &[Source], settings: &NodeSettings, opts: CompileOptions) -> Result<Output, InputErrors> {
+pub fn compile(
+    sources: &[Source],
+    settings: &NodeSettings,
+    opts: CompileOptions,
+) -> Result<Output, InputErrors> {
     let mut diags = Vec::new();
     let mut notes = Vec::new();
     let parsed = manifest::parse_sources(sources, &mut diags);
@@ -56,5 +60,11 @@ pub fn compile(sources: &[Source], settings: &NodeSettings, opts: CompileOptions
         return Err(InputErrors(diags));
     }
     let ruleset = nft::build::build(&ir);
-    Ok(Output { ir, ruleset, diagnostics: diags, notes, skipped: parsed.skipped })
+    Ok(Output {
+        ir,
+        ruleset,
+        diagnostics: diags,
+        notes,
+        skipped: parsed.skipped,
+    })
 }

@@ -69,7 +69,12 @@ struct Ep {
 /// Endpoints of one Service keyed by (port name, protocol).
 type EpMap = BTreeMap<(String, L4Proto), Vec<Ep>>;
 
-pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnostic>, notes: &mut Vec<Note>) -> Ir {
+pub fn lower(
+    parsed: &Parsed,
+    settings: &NodeSettings,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> Ir {
     let mut node_zone: Option<String> = None;
     let mut service_cidrs: Vec<IpNet> = settings.service_cidrs.clone();
     let mut services: Vec<Svc> = Vec::new();
@@ -82,12 +87,21 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
         match obj {
             Object::Node(n) => {
                 if n.metadata.name.as_deref() == Some(settings.hostname.as_str()) {
-                    node_zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
+                    node_zone = n
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(ZONE_LABEL))
+                        .cloned();
                 }
             }
             Object::ServiceCidr(sc) => {
                 let name = sc.metadata.name.clone().unwrap_or_default();
-                let cidrs = sc.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
+                let cidrs = sc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.cidrs.clone())
+                    .unwrap_or_default();
                 for (i, c) in cidrs.iter().enumerate() {
                     match c.parse::<IpNet>() {
                         Ok(n) => service_cidrs.push(n.trunc()),
@@ -102,7 +116,9 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                 }
             }
             Object::Service(s) => {
-                let Some(v) = validate_service(origin, s, diags, notes) else { continue };
+                let Some(v) = validate_service(origin, s, diags, notes) else {
+                    continue;
+                };
                 let k = (v.namespace.clone(), v.name.clone());
                 if seen.contains_key(&k) {
                     diags.push(Diagnostic::at_field(
@@ -142,8 +158,17 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                 services.push(v);
             }
             Object::EndpointSlice(es) => {
-                let ns = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-                let svc = es.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned();
+                let ns = es
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let svc = es
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .cloned();
                 match svc {
                     Some(svc) => slices.entry((ns, svc)).or_default().push((origin, es)),
                     None => diags.push(Diagnostic::at_field(
@@ -156,7 +181,11 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                 }
             }
             Object::Endpoints(ep) => {
-                let ns = ep.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let ns = ep
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
                 let name = ep.metadata.name.clone().unwrap_or_default();
                 legacy.insert((ns, name), (origin, ep));
             }
@@ -170,7 +199,10 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                 diags.push(Diagnostic::at_field(
                     Severity::Warning,
                     origin,
-                    Some(format!("EndpointSlice {ns}/{}", es.metadata.name.clone().unwrap_or_default())),
+                    Some(format!(
+                        "EndpointSlice {ns}/{}",
+                        es.metadata.name.clone().unwrap_or_default()
+                    )),
                     &[key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
                     format!("Service {ns}/{svc} is not in the input; the slice is ignored"),
                 ));
@@ -181,7 +213,10 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
     // Families: those of the node IPs; without any, those the Services use.
     let mut families: BTreeSet<Family> = settings.node_ips.iter().map(Family::of).collect();
     if families.is_empty() {
-        families = services.iter().flat_map(|s| s.cluster_ips.iter().map(Family::of)).collect();
+        families = services
+            .iter()
+            .flat_map(|s| s.cluster_ips.iter().map(Family::of))
+            .collect();
         if families.is_empty() {
             families.insert(Family::Ip);
         }
@@ -205,14 +240,24 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
     for fam in families {
         let is_fam = |a: &IpAddr| Family::of(a) == fam;
         let node_ips: Vec<IpAddr> = settings.node_ips.iter().copied().filter(is_fam).collect();
-        let usable_node_ips: Vec<IpAddr> = node_ips.iter().copied().filter(|a| !a.is_loopback()).collect();
+        let usable_node_ips: Vec<IpAddr> = node_ips
+            .iter()
+            .copied()
+            .filter(|a| !a.is_loopback())
+            .collect();
         let node_ports_on = match &settings.nodeport_addresses {
             NodePortAddresses::Cidrs(c) if c.iter().any(|n| is_fam(&n.addr())) => {
                 let c: Vec<&IpNet> = c.iter().filter(|n| is_fam(&n.addr())).collect();
                 if c.iter().any(|n| n.prefix_len() == 0) {
                     NodePortAddrs::AllLocal
                 } else {
-                    NodePortAddrs::Addrs(usable_node_ips.iter().copied().filter(|a| c.iter().any(|n| n.contains(a))).collect())
+                    NodePortAddrs::Addrs(
+                        usable_node_ips
+                            .iter()
+                            .copied()
+                            .filter(|a| c.iter().any(|n| n.contains(a)))
+                            .collect(),
+                    )
                 }
             }
             _ if usable_node_ips.is_empty() => {
@@ -230,17 +275,30 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
             family: fam,
             node_ports_on,
             node_ips: node_ips.clone(),
-            cluster_cidrs: settings.cluster_cidrs.iter().copied().filter(|n| is_fam(&n.addr())).collect(),
+            cluster_cidrs: settings
+                .cluster_cidrs
+                .iter()
+                .copied()
+                .filter(|n| is_fam(&n.addr()))
+                .collect(),
             masquerade_all: settings.masquerade_all,
             masquerade_mark: settings.masquerade_mark(),
-            service_cidrs: dedup_sorted(service_cidrs.iter().copied().filter(|n| is_fam(&n.addr())).collect()),
+            service_cidrs: dedup_sorted(
+                service_cidrs
+                    .iter()
+                    .copied()
+                    .filter(|n| is_fam(&n.addr()))
+                    .collect(),
+            ),
             service_ports: Vec::new(),
         };
         // (address, protocol, port) of every frontend so far: a second Service on the same one
         // is an input error (the kernel's maps cannot hold both).
         let mut taken: HashMap<(Option<IpAddr>, L4Proto, u16), String> = HashMap::new();
         for s in &services {
-            let Some(cip) = s.cluster_ips.iter().copied().find(is_fam) else { continue };
+            let Some(cip) = s.cluster_ips.iter().copied().find(is_fam) else {
+                continue;
+            };
             let eps = &eps_by_svc[&(s.namespace.clone(), s.name.clone())];
             for p in &s.ports {
                 let name = ServicePortName {
@@ -249,15 +307,31 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                     port: p.name.clone(),
                     protocol: p.protocol,
                 };
-                let mut frontends = vec![Frontend { kind: FrontendKind::ClusterIp, addr: Some(cip), port: p.port }];
+                let mut frontends = vec![Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    addr: Some(cip),
+                    port: p.port,
+                }];
                 if let Some(np) = p.node_port {
-                    frontends.push(Frontend { kind: FrontendKind::NodePort, addr: None, port: np });
+                    frontends.push(Frontend {
+                        kind: FrontendKind::NodePort,
+                        addr: None,
+                        port: np,
+                    });
                 }
                 for a in s.external_ips.iter().filter(|a| is_fam(a)) {
-                    frontends.push(Frontend { kind: FrontendKind::ExternalIp, addr: Some(*a), port: p.port });
+                    frontends.push(Frontend {
+                        kind: FrontendKind::ExternalIp,
+                        addr: Some(*a),
+                        port: p.port,
+                    });
                 }
                 for a in s.lb_ips.iter().filter(|a| is_fam(a)) {
-                    frontends.push(Frontend { kind: FrontendKind::LoadBalancer, addr: Some(*a), port: p.port });
+                    frontends.push(Frontend {
+                        kind: FrontendKind::LoadBalancer,
+                        addr: Some(*a),
+                        port: p.port,
+                    });
                 }
                 frontends.retain(|fe| {
                     let k = (fe.addr, p.protocol, fe.port);
@@ -267,12 +341,23 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                                 Some(a) => format!("{a} port {}", fe.port),
                                 None => format!("nodePort {}", fe.port),
                             };
+                            let field: &[PathSeg] = match fe.kind {
+                                FrontendKind::ClusterIp => &[key("spec"), key("clusterIP")],
+                                FrontendKind::ExternalIp => &[key("spec"), key("externalIPs")],
+                                FrontendKind::LoadBalancer => {
+                                    &[key("status"), key("loadBalancer"), key("ingress")]
+                                }
+                                FrontendKind::NodePort => &[key("spec"), key("ports")],
+                            };
                             diags.push(Diagnostic::at_field(
                                 Severity::Error,
                                 s.origin,
                                 Some(format!("Service {}/{}", s.namespace, s.name)),
-                                &[key("spec")],
-                                format!("{what}/{} is already served by Service {other}; ignored here", p.protocol.keyword()),
+                                field,
+                                format!(
+                                    "{what}/{} is already served by Service {other}; ignored here",
+                                    p.protocol.keyword()
+                                ),
                             ));
                             return false;
                         }
@@ -288,12 +373,19 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                     external_local: s.external_local && externally_accessible,
                     internal_local: s.internal_local,
                     affinity_timeout: s.affinity_timeout,
-                    source_ranges: s.source_ranges.iter().copied().filter(|n| is_fam(&n.addr())).collect(),
+                    source_ranges: s
+                        .source_ranges
+                        .iter()
+                        .copied()
+                        .filter(|n| is_fam(&n.addr()))
+                        .collect(),
                     allow_lb_ips_as_source: false,
                 };
                 let mut policy = policy;
-                policy.allow_lb_ips_as_source =
-                    policy.source_ranges.iter().any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+                policy.allow_lb_ips_as_source = policy
+                    .source_ranges
+                    .iter()
+                    .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
                 let port_eps: Vec<Ep> = eps
                     .get(&(p.name.clone(), p.protocol))
                     .map(|v| v.iter().filter(|e| is_fam(&e.addr)).cloned().collect())
@@ -307,7 +399,10 @@ pub fn lower(parsed: &Parsed, settings: &NodeSettings, diags: &mut Vec<Diagnosti
                 );
                 fir.service_ports.push(ServicePort {
                     name,
-                    provenance: Provenance { file: s.origin.file.to_string(), object_path: s.origin.object_path() },
+                    provenance: Provenance {
+                        file: s.origin.file.to_string(),
+                        object_path: s.origin.object_path(),
+                    },
                     protocol: p.protocol,
                     frontends,
                     backends,
@@ -333,7 +428,11 @@ fn validate_service<'a>(
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
 ) -> Option<Svc<'a>> {
-    let namespace = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = s
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let Some(name) = s.metadata.name.clone() else {
         diags.push(Diagnostic::at_field(
             Severity::Error,
@@ -348,7 +447,13 @@ fn validate_service<'a>(
     let mut errs = 0;
     let mut err = |diags: &mut Vec<Diagnostic>, path: &[PathSeg], msg: String| {
         errs += 1;
-        diags.push(Diagnostic::at_field(Severity::Error, origin, Some(obj.clone()), path, msg));
+        diags.push(Diagnostic::at_field(
+            Severity::Error,
+            origin,
+            Some(obj.clone()),
+            path,
+            msg,
+        ));
     };
     let Some(spec) = s.spec.as_ref() else {
         err(diags, &[key("spec")], "missing spec".into());
@@ -362,7 +467,11 @@ fn validate_service<'a>(
             return None;
         }
         other => {
-            err(diags, &[key("spec"), key("type")], format!("unknown Service type {other:?}"));
+            err(
+                diags,
+                &[key("spec"), key("type")],
+                format!("unknown Service type {other:?}"),
+            );
             return None;
         }
     }
@@ -387,7 +496,9 @@ fn validate_service<'a>(
         _ => {}
     }
     if raw.first().map(|r| r.1.as_str()) == Some("None") {
-        notes.push(format!("{obj}: headless (clusterIP None): DNS only, no rules"));
+        notes.push(format!(
+            "{obj}: headless (clusterIP None): DNS only, no rules"
+        ));
         return None;
     }
     if raw.is_empty() || raw[0].1.is_empty() {
@@ -406,8 +517,15 @@ fn validate_service<'a>(
                         continue;
                     }
                 }
-                if cluster_ips.iter().any(|x: &IpAddr| Family::of(x) == Family::of(&a)) {
-                    err(diags, path, format!("two ClusterIPs of the same family ({a})"));
+                if cluster_ips
+                    .iter()
+                    .any(|x: &IpAddr| Family::of(x) == Family::of(&a))
+                {
+                    err(
+                        diags,
+                        path,
+                        format!("two ClusterIPs of the same family ({a})"),
+                    );
                     continue;
                 }
                 cluster_ips.push(a);
@@ -434,14 +552,22 @@ fn validate_service<'a>(
             "UDP" => L4Proto::Udp,
             "SCTP" => L4Proto::Sctp,
             other => {
-                err(diags, &at("protocol"), format!("unknown protocol {other:?} (TCP, UDP or SCTP)"));
+                err(
+                    diags,
+                    &at("protocol"),
+                    format!("unknown protocol {other:?} (TCP, UDP or SCTP)"),
+                );
                 continue;
             }
         };
         let port = match u16::try_from(p.port) {
             Ok(v) if v > 0 => v,
             _ => {
-                err(diags, &at("port"), format!("port {} out of range 1-65535", p.port));
+                err(
+                    diags,
+                    &at("port"),
+                    format!("port {} out of range 1-65535", p.port),
+                );
                 continue;
             }
         };
@@ -450,31 +576,66 @@ fn validate_service<'a>(
             Some(n) => match u16::try_from(n) {
                 Ok(v) if v > 0 => Some(v),
                 _ => {
-                    err(diags, &at("nodePort"), format!("nodePort {n} out of range 1-65535"));
+                    err(
+                        diags,
+                        &at("nodePort"),
+                        format!("nodePort {n} out of range 1-65535"),
+                    );
                     continue;
                 }
             },
         };
         let pname = p.name.clone().unwrap_or_default();
         if !names.insert((pname.clone(), protocol)) {
-            err(diags, &at("name"), format!("duplicate port name {pname:?} for {}", protocol.keyword()));
+            err(
+                diags,
+                &at("name"),
+                format!("duplicate port name {pname:?} for {}", protocol.keyword()),
+            );
             continue;
         }
-        ports.push(SvcPort { name: pname, protocol, port, node_port: if ty == "ClusterIP" { None } else { node_port } });
+        ports.push(SvcPort {
+            name: pname,
+            protocol,
+            port,
+            node_port: if ty == "ClusterIP" { None } else { node_port },
+        });
     }
     let mut external_ips = Vec::new();
-    for (i, e) in spec.external_ips.clone().unwrap_or_default().iter().enumerate() {
+    for (i, e) in spec
+        .external_ips
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         match e.parse::<IpAddr>() {
             Ok(a) => external_ips.push(a),
-            Err(_) => err(diags, &[key("spec"), key("externalIPs"), idx(i)], format!("invalid IP address {e:?}")),
+            Err(_) => err(
+                diags,
+                &[key("spec"), key("externalIPs"), idx(i)],
+                format!("invalid IP address {e:?}"),
+            ),
         }
     }
     let mut lb_ips = Vec::new();
     if ty == "LoadBalancer" {
-        let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.clone());
+        let ingress = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.clone());
         for (i, ing) in ingress.unwrap_or_default().iter().enumerate() {
-            let Some(ip) = ing.ip.as_deref().filter(|x| !x.is_empty()) else { continue };
-            let path = [key("status"), key("loadBalancer"), key("ingress"), idx(i), key("ip")];
+            let Some(ip) = ing.ip.as_deref().filter(|x| !x.is_empty()) else {
+                continue;
+            };
+            let path = [
+                key("status"),
+                key("loadBalancer"),
+                key("ingress"),
+                idx(i),
+                key("ip"),
+            ];
             match ip.parse::<IpAddr>() {
                 Ok(a) => {
                     if ing.ip_mode.as_deref() == Some("Proxy") {
@@ -489,7 +650,13 @@ fn validate_service<'a>(
     }
     let mut source_ranges = Vec::new();
     if ty == "LoadBalancer" {
-        for (i, r) in spec.load_balancer_source_ranges.clone().unwrap_or_default().iter().enumerate() {
+        for (i, r) in spec
+            .load_balancer_source_ranges
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             // kube-proxy ignores whitespace around ranges.
             let t = r.trim();
             match t.parse::<IpNet>() {
@@ -506,7 +673,11 @@ fn validate_service<'a>(
         None | Some("Cluster") | Some("") => false,
         Some("Local") => ty != "ClusterIP" || !external_ips.is_empty(),
         Some(o) => {
-            err(diags, &[key("spec"), key("externalTrafficPolicy")], format!("unknown policy {o:?} (Cluster or Local)"));
+            err(
+                diags,
+                &[key("spec"), key("externalTrafficPolicy")],
+                format!("unknown policy {o:?} (Cluster or Local)"),
+            );
             false
         }
     };
@@ -514,7 +685,11 @@ fn validate_service<'a>(
         None | Some("Cluster") | Some("") => false,
         Some("Local") => true,
         Some(o) => {
-            err(diags, &[key("spec"), key("internalTrafficPolicy")], format!("unknown policy {o:?} (Cluster or Local)"));
+            err(
+                diags,
+                &[key("spec"), key("internalTrafficPolicy")],
+                format!("unknown policy {o:?} (Cluster or Local)"),
+            );
             false
         }
     };
@@ -532,7 +707,12 @@ fn validate_service<'a>(
                 Some(t) => {
                     err(
                         diags,
-                        &[key("spec"), key("sessionAffinityConfig"), key("clientIP"), key("timeoutSeconds")],
+                        &[
+                            key("spec"),
+                            key("sessionAffinityConfig"),
+                            key("clientIP"),
+                            key("timeoutSeconds"),
+                        ],
                         format!("timeoutSeconds {t} out of range 1-{MAX_AFFINITY_TIMEOUT}"),
                     );
                     None
@@ -540,7 +720,11 @@ fn validate_service<'a>(
             }
         }
         Some(o) => {
-            err(diags, &[key("spec"), key("sessionAffinity")], format!("unknown sessionAffinity {o:?} (None or ClientIP)"));
+            err(
+                diags,
+                &[key("spec"), key("sessionAffinity")],
+                format!("unknown sessionAffinity {o:?} (None or ClientIP)"),
+            );
             None
         }
     };
@@ -574,8 +758,15 @@ fn parse_proto(p: Option<&str>) -> Result<L4Proto, String> {
 fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic>) -> EpMap {
     let mut map = EpMap::new();
     for (origin, es) in list {
-        let ns = es.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let obj = format!("EndpointSlice {ns}/{}", es.metadata.name.clone().unwrap_or_default());
+        let ns = es
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let obj = format!(
+            "EndpointSlice {ns}/{}",
+            es.metadata.name.clone().unwrap_or_default()
+        );
         let fam = match es.address_type.as_str() {
             "IPv4" => Family::Ip,
             "IPv6" => Family::Ip6,
@@ -642,7 +833,9 @@ fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic
                 .map(|z| z.iter().map(|z| z.name.clone()).collect())
                 .unwrap_or_default();
             // kube-proxy uses the first address of an endpoint.
-            let Some(a) = e.addresses.first() else { continue };
+            let Some(a) = e.addresses.first() else {
+                continue;
+            };
             match a.parse::<IpAddr>() {
                 Ok(addr) if Family::of(&addr) == fam => eps.push(Ep {
                     addr,
@@ -660,7 +853,10 @@ fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic
                         origin,
                         Some(obj.clone()),
                         &[key("endpoints"), idx(i), key("addresses"), idx(0)],
-                        format!("address {addr} does not match addressType {}", es.address_type),
+                        format!(
+                            "address {addr} does not match addressType {}",
+                            es.address_type
+                        ),
                     ));
                     bad = true;
                 }
@@ -697,22 +893,35 @@ fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic
 /// The same endpoint in several slices (during a slice rotation) counts once, with the
 /// best conditions seen.
 fn dedup_endpoints(v: &mut Vec<Ep>) {
-    v.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)).then(b.ready.cmp(&a.ready)).then(b.serving.cmp(&a.serving)));
+    v.sort_by(|a, b| {
+        (a.addr, a.port)
+            .cmp(&(b.addr, b.port))
+            .then(b.ready.cmp(&a.ready))
+            .then(b.serving.cmp(&a.serving))
+    });
     v.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
 }
 
 /// Legacy v1 Endpoints, converted the way the EndpointSlice mirroring controller does:
 /// `addresses` are ready, `notReadyAddresses` not ready (and not serving).
 fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) -> EpMap {
-    let ns = ep.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let obj = format!("Endpoints {ns}/{}", ep.metadata.name.clone().unwrap_or_default());
+    let ns = ep
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let obj = format!(
+        "Endpoints {ns}/{}",
+        ep.metadata.name.clone().unwrap_or_default()
+    );
     let mut map = EpMap::new();
     for (si, sub) in ep.subsets.clone().unwrap_or_default().iter().enumerate() {
         let mut eps = Vec::new();
         let mut bad = false;
-        for (field, list, ready) in
-            [("addresses", &sub.addresses, true), ("notReadyAddresses", &sub.not_ready_addresses, false)]
-        {
+        for (field, list, ready) in [
+            ("addresses", &sub.addresses, true),
+            ("notReadyAddresses", &sub.not_ready_addresses, false),
+        ] {
             for (i, a) in list.clone().unwrap_or_default().iter().enumerate() {
                 match a.ip.parse::<IpAddr>() {
                     Ok(addr) => eps.push(Ep {
@@ -746,13 +955,22 @@ fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) 
                         Severity::Error,
                         origin,
                         Some(obj.clone()),
-                        &[key("subsets"), idx(si), key("ports"), idx(pi), key("protocol")],
+                        &[
+                            key("subsets"),
+                            idx(si),
+                            key("ports"),
+                            idx(pi),
+                            key("protocol"),
+                        ],
                         m,
                     ));
                     continue;
                 }
             };
-            let Ok(port) = u16::try_from(p.port).map_err(|_| ()).and_then(|n| if n > 0 { Ok(n) } else { Err(()) })
+            let Ok(port) =
+                u16::try_from(p.port)
+                    .map_err(|_| ())
+                    .and_then(|n| if n > 0 { Ok(n) } else { Err(()) })
             else {
                 diags.push(Diagnostic::at_field(
                     Severity::Error,
@@ -766,7 +984,9 @@ fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) 
             if bad {
                 continue;
             }
-            let v = map.entry((p.name.clone().unwrap_or_default(), proto)).or_default();
+            let v = map
+                .entry((p.name.clone().unwrap_or_default(), proto))
+                .or_default();
             for e in &eps {
                 let mut e = e.clone();
                 e.port = port;
@@ -794,11 +1014,15 @@ fn topology_mode(eps: &[Ep], node: &str, zone: Option<&str>) -> Topology {
     if ready.is_empty() {
         return Topology::Any;
     }
-    if ready.iter().all(|e| !e.node_hints.is_empty()) && ready.iter().any(|e| e.node_hints.iter().any(|n| n == node)) {
+    if ready.iter().all(|e| !e.node_hints.is_empty())
+        && ready.iter().any(|e| e.node_hints.iter().any(|n| n == node))
+    {
         return Topology::SameNode;
     }
     if let Some(z) = zone {
-        if ready.iter().all(|e| !e.zone_hints.is_empty()) && ready.iter().any(|e| e.zone_hints.iter().any(|h| h == z)) {
+        if ready.iter().all(|e| !e.zone_hints.is_empty())
+            && ready.iter().any(|e| e.zone_hints.iter().any(|h| h == z))
+        {
             return Topology::SameZone;
         }
     }
@@ -814,9 +1038,19 @@ fn available(e: &Ep, mode: Topology, node: &str, zone: Option<&str>) -> bool {
 }
 
 /// kube-proxy's `CategorizeEndpoints` (pkg/proxy/topology.go).
-fn categorize(eps: &[Ep], policy: &Policy, externally_accessible: bool, node: &str, zone: Option<&str>) -> Backends {
+fn categorize(
+    eps: &[Ep],
+    policy: &Policy,
+    externally_accessible: bool,
+    node: &str,
+    zone: Option<&str>,
+) -> Backends {
     let is_local = |e: &Ep| e.node.as_deref() == Some(node);
-    let backend = |e: &Ep| Backend { addr: e.addr, port: e.port, local: is_local(e) };
+    let backend = |e: &Ep| Backend {
+        addr: e.addr,
+        port: e.port,
+        local: is_local(e),
+    };
     let uses_cluster = !policy.internal_local || (externally_accessible && !policy.external_local);
     let uses_local = policy.internal_local || (externally_accessible && policy.external_local);
     let mut out = Backends {
@@ -825,9 +1059,15 @@ fn categorize(eps: &[Ep], policy: &Policy, externally_accessible: bool, node: &s
     };
     if uses_cluster {
         let mode = topology_mode(eps, node, zone);
-        let mut c: Vec<&Ep> = eps.iter().filter(|e| e.ready && available(e, mode, node, zone)).collect();
+        let mut c: Vec<&Ep> = eps
+            .iter()
+            .filter(|e| e.ready && available(e, mode, node, zone))
+            .collect();
         if c.is_empty() {
-            c = eps.iter().filter(|e| e.serving && e.terminating && available(e, mode, node, zone)).collect();
+            c = eps
+                .iter()
+                .filter(|e| e.serving && e.terminating && available(e, mode, node, zone))
+                .collect();
         }
         out.has_any = !c.is_empty();
         out.cluster = c.into_iter().map(backend).collect();
@@ -847,9 +1087,17 @@ fn categorize(eps: &[Ep], policy: &Policy, externally_accessible: bool, node: &s
         }
     }
     if local_ready {
-        out.local = eps.iter().filter(|e| is_local(e) && e.ready).map(backend).collect();
+        out.local = eps
+            .iter()
+            .filter(|e| is_local(e) && e.ready)
+            .map(backend)
+            .collect();
     } else if local_term {
-        out.local = eps.iter().filter(|e| is_local(e) && e.serving && e.terminating).map(backend).collect();
+        out.local = eps
+            .iter()
+            .filter(|e| is_local(e) && e.serving && e.terminating)
+            .map(backend)
+            .collect();
     }
     out
 }

@@ -49,7 +49,13 @@ const CHAIN_NAME_BASE_MAX: usize = 240;
 
 /// `ns/svc/proto/port`, kube-proxy's `servicePortChainNameBase`.
 fn chain_base(spn: &ServicePortName) -> String {
-    format!("{}/{}/{}/{}", spn.namespace, spn.name, spn.protocol.keyword(), spn.port)
+    format!(
+        "{}/{}/{}/{}",
+        spn.namespace,
+        spn.name,
+        spn.protocol.keyword(),
+        spn.port
+    )
 }
 
 /// kube-proxy's `hashAndTruncate`: `<base32(sha256(name))[:8]>-<name>`, bounded in length.
@@ -91,13 +97,23 @@ mod tests {
     #[test]
     fn matches_kube_proxy_naming() {
         // kube-proxy's test: service-ULMVA6XW-ns1/svc1/tcp/p80
-        let spn = ServicePortName { namespace: "ns1".into(), name: "svc1".into(), port: "p80".into(), protocol: L4Proto::Tcp };
+        let spn = ServicePortName {
+            namespace: "ns1".into(),
+            name: "svc1".into(),
+            port: "p80".into(),
+            protocol: L4Proto::Tcp,
+        };
         assert_eq!(cluster_chain(&spn), "service-ULMVA6XW-ns1/svc1/tcp/p80");
     }
 
     #[test]
     fn long_names_are_bounded() {
-        let spn = ServicePortName { namespace: "n".repeat(63), name: "s".repeat(63), port: "p".repeat(200), protocol: L4Proto::Udp };
+        let spn = ServicePortName {
+            namespace: "n".repeat(63),
+            name: "s".repeat(63),
+            port: "p".repeat(200),
+            protocol: L4Proto::Udp,
+        };
         assert!(external_chain(&spn).len() <= 256);
     }
 }

@@ -60,7 +60,8 @@ pub struct Node {
 impl Case {
     pub fn load(dir: &Path) -> Result<Case, String> {
         let path = dir.join("case.yaml");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -71,7 +72,10 @@ impl Case {
 
     /// Flags for `svcc compile`, then the input paths (relative to the case directory).
     pub fn compile_args(&self, dir: &Path) -> Vec<String> {
-        let mut a = vec!["--hostname-override".to_string(), self.node_name().to_string()];
+        let mut a = vec![
+            "--hostname-override".to_string(),
+            self.node_name().to_string(),
+        ];
         if dir.join("kube-proxy.yaml").exists() {
             a.push("--config".into());
             a.push(dir.join("kube-proxy.yaml").display().to_string());
@@ -121,7 +125,12 @@ pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
 pub fn all_cases() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cases");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("case.yaml").exists()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("case.yaml").exists())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v

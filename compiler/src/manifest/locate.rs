@@ -23,13 +23,23 @@ pub fn locate_all(text: &str, requests: &[(usize, Vec<PathSeg>)]) -> Vec<Option<
     let mut p = Parser::new_from_str(text);
     // A syntax error ends the replay; what was found so far is still useful.
     let _ = p.load(&mut r, true);
-    r.best.into_iter().map(|b| b.map(|(_, l, c)| (l, c))).collect()
+    // Where the field itself is missing, its parent's line is the best answer, but the
+    // parent's column would mislead: report the line alone (column 0).
+    r.best
+        .into_iter()
+        .zip(requests)
+        .map(|(b, (_, want))| b.map(|(depth, l, c)| (l, if depth == want.len() { c } else { 0 })))
+        .collect()
 }
 
 enum Frame {
     /// A mapping: `key` is the key whose value is being read, or None when a key comes next.
-    Map { key: Option<String> },
-    Seq { next: usize },
+    Map {
+        key: Option<String>,
+    },
+    Seq {
+        next: usize,
+    },
 }
 
 struct Recv<'a> {
@@ -155,13 +165,17 @@ mod tests {
                 (0, vec![k("a")]),
             ],
         );
-        assert_eq!(got, vec![Some((8, 5)), Some((4, 1)), Some((1, 1))]);
+        assert_eq!(got, vec![Some((8, 5)), Some((4, 0)), Some((1, 1))]);
     }
 
     #[test]
     fn finds_fields_in_json() {
-        let text = "{\n  \"items\": [\n    {\"kind\": \"Service\"},\n    {\"spec\": {\"x\": 1}}\n  ]\n}\n";
-        let got = locate_all(text, &[(0, vec![k("items"), PathSeg::Index(1), k("spec"), k("x")])]);
+        let text =
+            "{\n  \"items\": [\n    {\"kind\": \"Service\"},\n    {\"spec\": {\"x\": 1}}\n  ]\n}\n";
+        let got = locate_all(
+            text,
+            &[(0, vec![k("items"), PathSeg::Index(1), k("spec"), k("x")])],
+        );
         assert_eq!(got, vec![Some((4, 15))]);
     }
 }

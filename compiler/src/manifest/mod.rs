@@ -61,7 +61,10 @@ fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
         let value = match Value::deserialize(de) {
             Ok(v) => v,
             Err(e) => {
-                let mut d = Diagnostic::error(&src.name, format!("cannot parse YAML/JSON: {}", strip_location(&e)));
+                let mut d = Diagnostic::error(
+                    &src.name,
+                    format!("cannot parse YAML/JSON: {}", strip_location(&e)),
+                );
                 if let Some(loc) = e.location() {
                     d.line = Some(loc.line());
                     d.column = Some(loc.column());
@@ -74,7 +77,11 @@ fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
         if value.is_null() {
             continue;
         }
-        let origin = Origin { file: file.clone(), doc, base: Vec::new() };
+        let origin = Origin {
+            file: file.clone(),
+            doc,
+            base: Vec::new(),
+        };
         handle_value(value, origin, out, diags);
     }
 }
@@ -142,8 +149,10 @@ fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut 
             // Typed lists (ServiceList, …) print their items without apiVersion/kind.
             if !item_kind.is_empty() {
                 if let Value::Mapping(m) = &mut item {
-                    m.entry("kind".into()).or_insert_with(|| Value::String(item_kind.to_string()));
-                    m.entry("apiVersion".into()).or_insert_with(|| Value::String(api.clone()));
+                    m.entry("kind".into())
+                        .or_insert_with(|| Value::String(item_kind.to_string()));
+                    m.entry("apiVersion".into())
+                        .or_insert_with(|| Value::String(api.clone()));
                 }
             }
             let mut o = origin.clone();
@@ -156,16 +165,25 @@ fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut 
     let name = object_name(&value);
     let group = api.split('/').next().unwrap_or("");
     let obj = match (kind.as_str(), api.as_str()) {
-        ("Service", "v1") => typed(value, &origin, &kind, &name, diags).map(|s| Object::Service(Box::new(s))),
-        ("Endpoints", "v1") => typed(value, &origin, &kind, &name, diags).map(|s| Object::Endpoints(Box::new(s))),
-        ("Node", "v1") => typed(value, &origin, &kind, &name, diags).map(|s| Object::Node(Box::new(s))),
+        ("Service", "v1") => {
+            typed(value, &origin, &kind, &name, diags).map(|s| Object::Service(Box::new(s)))
+        }
+        ("Endpoints", "v1") => {
+            typed(value, &origin, &kind, &name, diags).map(|s| Object::Endpoints(Box::new(s)))
+        }
+        ("Node", "v1") => {
+            typed(value, &origin, &kind, &name, diags).map(|s| Object::Node(Box::new(s)))
+        }
         ("EndpointSlice", "discovery.k8s.io/v1") => {
             typed(value, &origin, &kind, &name, diags).map(|s| Object::EndpointSlice(Box::new(s)))
         }
         ("ServiceCIDR", "networking.k8s.io/v1" | "networking.k8s.io/v1beta1") => {
             // v1beta1 has the same schema; read it as v1.
             if let Value::Mapping(m) = &mut value {
-                m.insert("apiVersion".into(), Value::String("networking.k8s.io/v1".into()));
+                m.insert(
+                    "apiVersion".into(),
+                    Value::String("networking.k8s.io/v1".into()),
+                );
             }
             typed(value, &origin, &kind, &name, diags).map(|s| Object::ServiceCidr(Box::new(s)))
         }
@@ -180,7 +198,11 @@ fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut 
             None
         }
         _ => {
-            out.skipped.push(Skipped { file: origin.file.to_string(), kind, name });
+            out.skipped.push(Skipped {
+                file: origin.file.to_string(),
+                kind,
+                name,
+            });
             None
         }
     };
@@ -205,7 +227,9 @@ fn typed<T: serde::de::DeserializeOwned>(
                 .filter_map(|s| match s {
                     serde_path_to_error::Segment::Seq { index } => Some(PathSeg::Index(*index)),
                     serde_path_to_error::Segment::Map { key } => Some(PathSeg::Key(key.clone())),
-                    serde_path_to_error::Segment::Enum { variant } => Some(PathSeg::Key(variant.clone())),
+                    serde_path_to_error::Segment::Enum { variant } => {
+                        Some(PathSeg::Key(variant.clone()))
+                    }
                     serde_path_to_error::Segment::Unknown => None,
                 })
                 .collect();
@@ -225,17 +249,20 @@ fn typed<T: serde::de::DeserializeOwned>(
 pub fn locate(diags: &mut [Diagnostic], sources: &[Source]) {
     for src in sources {
         let idx: Vec<usize> = (0..diags.len())
-            .filter(|&i| diags[i].file == src.name && diags[i].line.is_none() && diags[i].at.is_some())
+            .filter(|&i| {
+                diags[i].file == src.name && diags[i].line.is_none() && diags[i].at.is_some()
+            })
             .collect();
         if idx.is_empty() {
             continue;
         }
-        let reqs: Vec<(usize, Vec<PathSeg>)> = idx.iter().map(|&i| diags[i].at.clone().unwrap()).collect();
+        let reqs: Vec<(usize, Vec<PathSeg>)> =
+            idx.iter().map(|&i| diags[i].at.clone().unwrap()).collect();
         let found = locate::locate_all(&src.text, &reqs);
         for (&i, f) in idx.iter().zip(found) {
             if let Some((l, c)) = f {
                 diags[i].line = Some(l);
-                diags[i].column = Some(c);
+                diags[i].column = (c > 0).then_some(c);
             }
         }
     }

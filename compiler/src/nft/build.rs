@@ -20,7 +20,9 @@ use crate::names;
 pub const AFFINITY_SIZE: u32 = 1 << 20;
 
 pub fn build(ir: &Ir) -> Ruleset {
-    Ruleset { tables: ir.families.iter().map(build_table).collect() }
+    Ruleset {
+        tables: ir.families.iter().map(build_table).collect(),
+    }
 }
 
 fn comment(s: impl Into<String>) -> Option<String> {
@@ -52,7 +54,11 @@ fn set(name: &str, key: Vec<DataType>, data: Option<SetData>, c: &str) -> Set {
 fn chain(name: &str, base: Option<(ChainType, Hook, i32)>, rules: Vec<Rule>) -> Chain {
     Chain {
         name: name.into(),
-        base: base.map(|(kind, hook, priority)| BaseChain { kind, hook, priority }),
+        base: base.map(|(kind, hook, priority)| BaseChain {
+            kind,
+            hook,
+            priority,
+        }),
         comment: None,
         rules,
     }
@@ -101,7 +107,12 @@ fn build_table(f: &FamilyIr) -> Table {
             Some(SetData::Verdict),
             "NodePort traffic",
         ),
-        set(names::NODEPORT_IPS, vec![addr], None, "IPs that accept NodePort traffic"),
+        set(
+            names::NODEPORT_IPS,
+            vec![addr],
+            None,
+            "IPs that accept NodePort traffic",
+        ),
         set(
             names::NO_ENDPOINT_SERVICES,
             vec![addr, DataType::InetProto, DataType::InetService],
@@ -142,14 +153,29 @@ fn build_table(f: &FamilyIr) -> Table {
             s.size = Some(AFFINITY_SIZE);
             s
         },
-        set(names::HAIRPIN, vec![addr, addr], None, "endpoint . endpoint: a backend reaching itself through a service"),
+        set(
+            names::HAIRPIN,
+            vec![addr, addr],
+            None,
+            "endpoint . endpoint: a backend reaching itself through a service",
+        ),
         {
-            let mut s = set(names::CLUSTER_CIDRS, vec![addr], None, "pod CIDRs (clusterCIDR): local traffic");
+            let mut s = set(
+                names::CLUSTER_CIDRS,
+                vec![addr],
+                None,
+                "pod CIDRs (clusterCIDR): local traffic",
+            );
             s.flags.interval = true;
             s
         },
         {
-            let mut s = set(names::SERVICE_CIDRS, vec![addr], None, "service CIDRs: unallocated addresses are dropped");
+            let mut s = set(
+                names::SERVICE_CIDRS,
+                vec![addr],
+                None,
+                "service CIDRs: unallocated addresses are dropped",
+            );
             s.flags.interval = true;
             s
         },
@@ -170,14 +196,26 @@ fn build_table(f: &FamilyIr) -> Table {
 
     let has_detector = !f.cluster_cidrs.is_empty();
     for c in &f.cluster_cidrs {
-        sets[ix.cluster_cidrs].elements.push(Element { key: vec![Value::Prefix(*c)], data: None, comment: None });
+        sets[ix.cluster_cidrs].elements.push(Element {
+            key: vec![Value::Prefix(*c)],
+            data: None,
+            comment: None,
+        });
     }
     for c in &f.service_cidrs {
-        sets[ix.service_cidrs].elements.push(Element { key: vec![Value::Prefix(*c)], data: None, comment: None });
+        sets[ix.service_cidrs].elements.push(Element {
+            key: vec![Value::Prefix(*c)],
+            data: None,
+            comment: None,
+        });
     }
     if let NodePortAddrs::Addrs(a) = &f.node_ports_on {
         for ip in a {
-            sets[ix.nodeport_ips].elements.push(Element { key: vec![Value::Addr(*ip)], data: None, comment: None });
+            sets[ix.nodeport_ips].elements.push(Element {
+                key: vec![Value::Addr(*ip)],
+                data: None,
+                comment: None,
+            });
         }
     }
 
@@ -188,21 +226,43 @@ fn build_table(f: &FamilyIr) -> Table {
     let mut cluster_ips: Vec<IpAddr> = Vec::new();
     let mut hairpin: Vec<IpAddr> = Vec::new();
     for sp in &f.service_ports {
-        build_service_port(f, sp, &mut sets, &ix, &mut service_chains, &mut cluster_ips, &mut hairpin);
+        build_service_port(
+            f,
+            sp,
+            &mut sets,
+            &ix,
+            &mut service_chains,
+            &mut cluster_ips,
+            &mut hairpin,
+        );
     }
     cluster_ips.sort();
     cluster_ips.dedup();
     for ip in cluster_ips {
-        sets[ix.cluster_ips].elements.push(Element { key: vec![Value::Addr(ip)], data: None, comment: None });
+        sets[ix.cluster_ips].elements.push(Element {
+            key: vec![Value::Addr(ip)],
+            data: None,
+            comment: None,
+        });
     }
     hairpin.sort();
     hairpin.dedup();
     for ip in hairpin {
-        sets[ix.hairpin].elements.push(Element { key: vec![Value::Addr(ip), Value::Addr(ip)], data: None, comment: None });
+        sets[ix.hairpin].elements.push(Element {
+            key: vec![Value::Addr(ip), Value::Addr(ip)],
+            data: None,
+            comment: None,
+        });
     }
     chains.extend(service_chains);
 
-    Table { family: fam, name: names::TABLE.into(), comment: comment(names::TABLE_COMMENT), sets, chains }
+    Table {
+        family: fam,
+        name: names::TABLE.into(),
+        comment: comment(names::TABLE_COMMENT),
+        sets,
+        chains,
+    }
 }
 
 fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
@@ -211,11 +271,17 @@ fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
     let ct_new = |v: &str| Rule::new().m(Match::CtStateNew).v(jump(v));
     let nodeport_daddr: Vec<Match> = match &f.node_ports_on {
         NodePortAddrs::Addrs(_) => {
-            vec![Match::Daddr { negate: false, addr: AddrMatch::Set(names::NODEPORT_IPS.into()) }]
+            vec![Match::Daddr {
+                negate: false,
+                addr: AddrMatch::Set(names::NODEPORT_IPS.into()),
+            }]
         }
         NodePortAddrs::AllLocal => vec![
             Match::FibDaddrLocal,
-            Match::Daddr { negate: true, addr: AddrMatch::Net(f.family.loopback()) },
+            Match::Daddr {
+                negate: true,
+                addr: AddrMatch::Net(f.family.loopback()),
+            },
         ],
     };
     let cluster_ips = AddrMatch::Set(names::CLUSTER_IPS.into());
@@ -224,62 +290,115 @@ fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
     if f.masquerade_all {
         services.push(
             Rule::new()
-                .m(Match::Daddr { negate: false, addr: cluster_ips.clone() })
+                .m(Match::Daddr {
+                    negate: false,
+                    addr: cluster_ips.clone(),
+                })
                 .v(jump(names::MARK_FOR_MASQUERADE))
                 .comment("masqueradeAll: every ClusterIP connection"),
         );
     } else if has_detector {
         services.push(
             Rule::new()
-                .m(Match::Daddr { negate: false, addr: cluster_ips.clone() })
-                .m(Match::Saddr { negate: true, addr: AddrMatch::Set(names::CLUSTER_CIDRS.into()) })
+                .m(Match::Daddr {
+                    negate: false,
+                    addr: cluster_ips.clone(),
+                })
+                .m(Match::Saddr {
+                    negate: true,
+                    addr: AddrMatch::Set(names::CLUSTER_CIDRS.into()),
+                })
                 .v(jump(names::MARK_FOR_MASQUERADE))
                 .comment("off-cluster traffic to a ClusterIP"),
         );
     }
-    services.push(Rule::new().s(Stmt::Vmap { key: DADDR_PROTO_PORT.to_vec(), map: names::SERVICE_IPS.into() }));
+    services.push(Rule::new().s(Stmt::Vmap {
+        key: DADDR_PROTO_PORT.to_vec(),
+        map: names::SERVICE_IPS.into(),
+    }));
     let mut np = Rule::new();
     np.matches = nodeport_daddr.clone();
-    services.push(np.s(Stmt::Vmap { key: PROTO_PORT.to_vec(), map: names::SERVICE_NODEPORTS.into() }));
+    services.push(np.s(Stmt::Vmap {
+        key: PROTO_PORT.to_vec(),
+        map: names::SERVICE_NODEPORTS.into(),
+    }));
 
     let mut np_check = Rule::new();
     np_check.matches = nodeport_daddr;
-    let np_check = np_check.s(Stmt::Vmap { key: PROTO_PORT.to_vec(), map: names::NO_ENDPOINT_NODEPORTS.into() });
+    let np_check = np_check.s(Stmt::Vmap {
+        key: PROTO_PORT.to_vec(),
+        map: names::NO_ENDPOINT_NODEPORTS.into(),
+    });
 
     let mut cluster_ips_check = vec![Rule::new()
-        .m(Match::Daddr { negate: false, addr: cluster_ips })
+        .m(Match::Daddr {
+            negate: false,
+            addr: cluster_ips,
+        })
         .s(Stmt::Reject)
         .comment("invalid port or protocol of a ClusterIP")];
     if !f.service_cidrs.is_empty() {
         cluster_ips_check.push(
             Rule::new()
-                .m(Match::Daddr { negate: false, addr: AddrMatch::Set(names::SERVICE_CIDRS.into()) })
+                .m(Match::Daddr {
+                    negate: false,
+                    addr: AddrMatch::Set(names::SERVICE_CIDRS.into()),
+                })
                 .v(Verdict::Drop)
                 .comment("unallocated address in a service CIDR"),
         );
     }
 
     vec![
-        chain(names::FILTER_PREROUTING_PRE_DNAT, Some((Filter, Prerouting, -110)), vec![ct_new(names::FIREWALL_CHECK)]),
-        chain(names::FILTER_OUTPUT_PRE_DNAT, Some((Filter, Output, -110)), vec![ct_new(names::FIREWALL_CHECK)]),
-        chain(names::NAT_PREROUTING, Some((Nat, Prerouting, -100)), vec![Rule::new().v(jump(names::SERVICES))]),
-        chain(names::NAT_OUTPUT, Some((Nat, Output, -100)), vec![Rule::new().v(jump(names::SERVICES))]),
+        chain(
+            names::FILTER_PREROUTING_PRE_DNAT,
+            Some((Filter, Prerouting, -110)),
+            vec![ct_new(names::FIREWALL_CHECK)],
+        ),
+        chain(
+            names::FILTER_OUTPUT_PRE_DNAT,
+            Some((Filter, Output, -110)),
+            vec![ct_new(names::FIREWALL_CHECK)],
+        ),
+        chain(
+            names::NAT_PREROUTING,
+            Some((Nat, Prerouting, -100)),
+            vec![Rule::new().v(jump(names::SERVICES))],
+        ),
+        chain(
+            names::NAT_OUTPUT,
+            Some((Nat, Output, -100)),
+            vec![Rule::new().v(jump(names::SERVICES))],
+        ),
         chain(
             names::FILTER_INPUT,
             Some((Filter, Input, 0)),
-            vec![ct_new(names::NODEPORT_ENDPOINTS_CHECK), ct_new(names::SERVICE_ENDPOINTS_CHECK)],
+            vec![
+                ct_new(names::NODEPORT_ENDPOINTS_CHECK),
+                ct_new(names::SERVICE_ENDPOINTS_CHECK),
+            ],
         ),
         chain(
             names::FILTER_FORWARD,
             Some((Filter, Forward, 0)),
-            vec![ct_new(names::SERVICE_ENDPOINTS_CHECK), ct_new(names::CLUSTER_IPS_CHECK)],
+            vec![
+                ct_new(names::SERVICE_ENDPOINTS_CHECK),
+                ct_new(names::CLUSTER_IPS_CHECK),
+            ],
         ),
         chain(
             names::FILTER_OUTPUT,
             Some((Filter, Output, 0)),
-            vec![ct_new(names::SERVICE_ENDPOINTS_CHECK), ct_new(names::CLUSTER_IPS_CHECK)],
+            vec![
+                ct_new(names::SERVICE_ENDPOINTS_CHECK),
+                ct_new(names::CLUSTER_IPS_CHECK),
+            ],
         ),
-        chain(names::NAT_POSTROUTING, Some((Nat, Postrouting, 100)), vec![Rule::new().v(jump(names::MASQUERADING))]),
+        chain(
+            names::NAT_POSTROUTING,
+            Some((Nat, Postrouting, 100)),
+            vec![Rule::new().v(jump(names::MASQUERADING))],
+        ),
         chain(names::SERVICES, None, services),
         chain(
             names::MASQUERADING,
@@ -287,7 +406,11 @@ fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
             vec![
                 Rule::new()
                     .m(Match::CtStatusDnat)
-                    .m(Match::Lookup { key: vec![Field::Saddr, Field::Daddr], set: names::HAIRPIN.into(), negate: false })
+                    .m(Match::Lookup {
+                        key: vec![Field::Saddr, Field::Daddr],
+                        set: names::HAIRPIN.into(),
+                        negate: false,
+                    })
                     .v(jump(names::MARK_FOR_MASQUERADE))
                     .comment("hairpin: a backend reached itself through a service"),
                 Rule::new().m(Match::MarkClear(mark)).v(Verdict::Return),
@@ -295,13 +418,27 @@ fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
                 Rule::new().s(Stmt::Masquerade { fully_random: true }),
             ],
         ),
-        chain(names::MARK_FOR_MASQUERADE, None, vec![Rule::new().s(Stmt::MarkOr(mark))]),
-        chain(names::REJECT_CHAIN, None, vec![Rule::new().s(Stmt::Reject).comment("helper for @no-endpoint-services / @no-endpoint-nodeports")]),
+        chain(
+            names::MARK_FOR_MASQUERADE,
+            None,
+            vec![Rule::new().s(Stmt::MarkOr(mark))],
+        ),
+        chain(
+            names::REJECT_CHAIN,
+            None,
+            vec![Rule::new()
+                .s(Stmt::Reject)
+                .comment("helper for @no-endpoint-services / @no-endpoint-nodeports")],
+        ),
         chain(
             names::FIREWALL_CHECK,
             None,
             vec![Rule::new()
-                .m(Match::Lookup { key: DADDR_PROTO_PORT.to_vec(), set: names::FIREWALL_IPS.into(), negate: false })
+                .m(Match::Lookup {
+                    key: DADDR_PROTO_PORT.to_vec(),
+                    set: names::FIREWALL_IPS.into(),
+                    negate: false,
+                })
                 .m(Match::Lookup {
                     key: vec![Field::Daddr, Field::L4Proto, Field::Dport, Field::Saddr],
                     set: names::FIREWALL_ALLOW.into(),
@@ -313,7 +450,10 @@ fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
         chain(
             names::SERVICE_ENDPOINTS_CHECK,
             None,
-            vec![Rule::new().s(Stmt::Vmap { key: DADDR_PROTO_PORT.to_vec(), map: names::NO_ENDPOINT_SERVICES.into() })],
+            vec![Rule::new().s(Stmt::Vmap {
+                key: DADDR_PROTO_PORT.to_vec(),
+                map: names::NO_ENDPOINT_SERVICES.into(),
+            })],
         ),
         chain(names::NODEPORT_ENDPOINTS_CHECK, None, vec![np_check]),
         chain(names::CLUSTER_IPS_CHECK, None, cluster_ips_check),
@@ -329,7 +469,11 @@ fn elem3(addr: IpAddr, proto: L4Proto, port: u16, data: ElemData, c: &str) -> El
 }
 
 fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
-    Element { key: vec![Value::Proto(proto), Value::Port(port)], data: Some(data), comment: comment(c) }
+    Element {
+        key: vec![Value::Proto(proto), Value::Port(port)],
+        data: Some(data),
+        comment: comment(c),
+    }
 }
 
 /// The rules of a chain that picks one of `eps` uniformly at random (and remembers the pick
@@ -339,7 +483,10 @@ fn endpoint_rules(sp: &ServicePort, eps: &[Backend]) -> Vec<Rule> {
     if sp.policy.affinity_timeout.is_some() {
         rules.push(
             Rule::new()
-                .s(Stmt::DnatMap { key: AFFINITY_KEY.to_vec(), map: names::AFFINITY.into() })
+                .s(Stmt::DnatMap {
+                    key: AFFINITY_KEY.to_vec(),
+                    map: names::AFFINITY.into(),
+                })
                 .comment("session affinity: the endpoint this client used before"),
         );
     }
@@ -347,7 +494,9 @@ fn endpoint_rules(sp: &ServicePort, eps: &[Backend]) -> Vec<Rule> {
     for (i, ep) in eps.iter().enumerate() {
         let mut r = Rule::new().m(Match::L4Proto(sp.protocol));
         if i + 1 < n {
-            r = r.m(Match::NumgenRandomZero { modulus: (n - i) as u32 });
+            r = r.m(Match::NumgenRandomZero {
+                modulus: (n - i) as u32,
+            });
         }
         if let Some(t) = sp.policy.affinity_timeout {
             r = r.s(Stmt::Update {
@@ -357,7 +506,13 @@ fn endpoint_rules(sp: &ServicePort, eps: &[Backend]) -> Vec<Rule> {
                 data: vec![Value::Addr(ep.addr), Value::Port(ep.port)],
             });
         }
-        rules.push(r.s(Stmt::Dnat { addr: ep.addr, port: ep.port }).comment(ep.to_string()));
+        rules.push(
+            r.s(Stmt::Dnat {
+                addr: ep.addr,
+                port: ep.port,
+            })
+            .comment(ep.to_string()),
+        );
     }
     rules
 }
@@ -382,10 +537,26 @@ fn build_service_port(
     let uses_cluster_chain = !b.cluster.is_empty();
     let uses_local_chain = !b.local.is_empty() && (pol.internal_local || pol.external_local);
     let has_endpoints = b.has_any;
-    let has_internal = if pol.internal_local { !b.local.is_empty() } else { has_endpoints };
-    let has_external = if pol.external_local { !b.local.is_empty() } else { has_endpoints };
-    let internal_target = if pol.internal_local { &local_chain } else { &cluster_chain };
-    let external_policy_target = if pol.external_local { &local_chain } else { &cluster_chain };
+    let has_internal = if pol.internal_local {
+        !b.local.is_empty()
+    } else {
+        has_endpoints
+    };
+    let has_external = if pol.external_local {
+        !b.local.is_empty()
+    } else {
+        has_endpoints
+    };
+    let internal_target = if pol.internal_local {
+        &local_chain
+    } else {
+        &cluster_chain
+    };
+    let external_policy_target = if pol.external_local {
+        &local_chain
+    } else {
+        &cluster_chain
+    };
     let uses_external_chain = has_endpoints && sp.externally_accessible();
 
     let reject = ElemData::Verdict(Verdict::Goto(names::REJECT_CHAIN.into()));
@@ -420,7 +591,11 @@ fn build_service_port(
     if uses_external_chain {
         let mut rules = Vec::new();
         if !pol.external_local {
-            rules.push(Rule::new().v(jump(names::MARK_FOR_MASQUERADE)).comment("external traffic may leave the node"));
+            rules.push(
+                Rule::new()
+                    .v(jump(names::MARK_FOR_MASQUERADE))
+                    .comment("external traffic may leave the node"),
+            );
         } else {
             // Pods reaching an external address of the service: neither policy applies
             // (as if they went out to the load balancer and came back).
@@ -435,7 +610,10 @@ fn build_service_port(
                 for c in &f.cluster_cidrs {
                     rules.push(
                         Rule::new()
-                            .m(Match::Saddr { negate: false, addr: AddrMatch::Net(*c) })
+                            .m(Match::Saddr {
+                                negate: false,
+                                addr: AddrMatch::Net(*c),
+                            })
                             .v(goto(target))
                             .comment("short-circuit pod traffic"),
                     );
@@ -447,7 +625,10 @@ fn build_service_port(
                         .comment("masquerade local traffic"),
                 );
                 rules.push(
-                    Rule::new().m(Match::FibSaddrLocal).v(goto(target)).comment("short-circuit local traffic"),
+                    Rule::new()
+                        .m(Match::FibSaddrLocal)
+                        .v(goto(target))
+                        .comment("short-circuit local traffic"),
                 );
             }
         }
@@ -468,26 +649,50 @@ fn build_service_port(
                 let a = fe.addr.expect("ClusterIP frontend has an address");
                 cluster_ips.push(a);
                 if has_internal {
-                    sets[ix.service_ips]
-                        .elements
-                        .push(elem3(a, proto, fe.port, ElemData::Verdict(goto(internal_target)), &spn));
+                    sets[ix.service_ips].elements.push(elem3(
+                        a,
+                        proto,
+                        fe.port,
+                        ElemData::Verdict(goto(internal_target)),
+                        &spn,
+                    ));
                 } else if let Some(v) = &internal_filter {
-                    sets[ix.no_ep_services].elements.push(elem3(a, proto, fe.port, v.clone(), &spn));
+                    sets[ix.no_ep_services].elements.push(elem3(
+                        a,
+                        proto,
+                        fe.port,
+                        v.clone(),
+                        &spn,
+                    ));
                 }
             }
             FrontendKind::ExternalIp | FrontendKind::LoadBalancer => {
                 let a = fe.addr.expect("external frontend has an address");
                 if uses_external_chain {
-                    sets[ix.service_ips]
-                        .elements
-                        .push(elem3(a, proto, fe.port, ElemData::Verdict(goto(&external_chain)), &spn));
+                    sets[ix.service_ips].elements.push(elem3(
+                        a,
+                        proto,
+                        fe.port,
+                        ElemData::Verdict(goto(&external_chain)),
+                        &spn,
+                    ));
                 }
                 if let Some(v) = &external_filter {
-                    sets[ix.no_ep_services].elements.push(elem3(a, proto, fe.port, v.clone(), &spn));
+                    sets[ix.no_ep_services].elements.push(elem3(
+                        a,
+                        proto,
+                        fe.port,
+                        v.clone(),
+                        &spn,
+                    ));
                 }
                 if fe.kind == FrontendKind::LoadBalancer && !pol.source_ranges.is_empty() {
                     let key3 = vec![Value::Addr(a), Value::Proto(proto), Value::Port(fe.port)];
-                    sets[ix.firewall_ips].elements.push(Element { key: key3.clone(), data: None, comment: comment(&spn) });
+                    sets[ix.firewall_ips].elements.push(Element {
+                        key: key3.clone(),
+                        data: None,
+                        comment: comment(&spn),
+                    });
                     let mut allowed: Vec<IpNet> = pol.source_ranges.clone();
                     if pol.allow_lb_ips_as_source {
                         allowed.extend(
@@ -502,18 +707,27 @@ fn build_service_port(
                     for r in IpNet::aggregate(&allowed) {
                         let mut k = key3.clone();
                         k.push(Value::Prefix(r));
-                        sets[ix.firewall_allow].elements.push(Element { key: k, data: None, comment: comment(&spn) });
+                        sets[ix.firewall_allow].elements.push(Element {
+                            key: k,
+                            data: None,
+                            comment: comment(&spn),
+                        });
                     }
                 }
             }
             FrontendKind::NodePort => {
                 if uses_external_chain {
-                    sets[ix.service_nodeports]
-                        .elements
-                        .push(elem2(proto, fe.port, ElemData::Verdict(goto(&external_chain)), &spn));
+                    sets[ix.service_nodeports].elements.push(elem2(
+                        proto,
+                        fe.port,
+                        ElemData::Verdict(goto(&external_chain)),
+                        &spn,
+                    ));
                 }
                 if let Some(v) = &external_filter {
-                    sets[ix.no_ep_nodeports].elements.push(elem2(proto, fe.port, v.clone(), &spn));
+                    sets[ix.no_ep_nodeports]
+                        .elements
+                        .push(elem2(proto, fe.port, v.clone(), &spn));
                 }
             }
         }

@@ -280,7 +280,11 @@ pub enum Match {
     /// `numgen random mod M == 0`: true with probability 1/M.
     NumgenRandomZero { modulus: u32 },
     /// `f1 . f2 … [!=] @set`
-    Lookup { key: Vec<Field>, set: String, negate: bool },
+    Lookup {
+        key: Vec<Field>,
+        set: String,
+        negate: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +300,12 @@ pub enum Stmt {
     /// `dnat ip addr . port to KEY map @MAP` (terminal; breaks the rule on a miss)
     DnatMap { key: Vec<Field>, map: String },
     /// `update @SET { KEY timeout Ns : DATA }`: refresh or add a dynamic element.
-    Update { set: String, key: Vec<Field>, timeout: u32, data: Vec<Value> },
+    Update {
+        set: String,
+        key: Vec<Field>,
+        timeout: u32,
+        data: Vec<Value>,
+    },
     /// `reject` (ICMP port unreachable, TCP reset for TCP by the kernel's default type)
     Reject,
     /// `KEY vmap @MAP`

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: unit, snapshot, and real-kernel packet-flow tests
+# (network namespaces; run as root). This is the command CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+export INSTA_UPDATE=no
+cargo test --workspace --all-targets
+# Doc tests run separately (--all-targets skips them).
+cargo test --workspace --doc
+left=$(ip netns list 2>/dev/null | grep -E '^svcc' || true)
+if [ -n "$left" ]; then
+  echo "tests left network namespaces behind:" >&2
+  echo "$left" >&2
+  exit 1
+fi
