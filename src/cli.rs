@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use svcc_compiler::config::{parse_cidrs, parse_kube_proxy_config, parse_nodeport_addresses};
 use svcc_compiler::{Backend, CompileOptions, Diagnostic, NodeSettings, Output};
 
+use svcc_runtime::iptables::{Flavor, IptApplier};
+use svcc_runtime::{Applier, ApplyOptions};
+
 use crate::inputs;
 
 /// Exit code for input errors (bad manifests, bad flags or config).
@@ -31,6 +34,77 @@ pub enum Command {
     /// Compile manifests into an nftables ruleset (an `nft -f` script replacing tables ip/ip6 svcc).
     #[command(after_help = COMPILE_EXAMPLES)]
     Compile(CompileCmd),
+    /// Compile and apply to the kernel in one atomic transaction (only svcc's tables/chains).
+    #[command(after_help = APPLY_EXAMPLES)]
+    Apply(ApplyCmd),
+    /// Show what `apply` would change, as an nft script (nothing is applied).
+    Diff(DiffCmd),
+    /// Remove svcc's tables (or, with --backend iptables, its chains and jumps), nothing else.
+    Cleanup(CleanupCmd),
+}
+
+const APPLY_EXAMPLES: &str = "\
+Examples:
+  svcc apply --config kp.yaml --node-ip 192.168.0.2 cluster.yaml
+  svcc compile --node-ip 192.168.0.2 cluster.yaml -o svcc.nft && svcc apply --ruleset svcc.nft
+  svcc apply --dry-run --node-ip 192.168.0.2 cluster.yaml      # print the transaction
+  svcc apply --backend iptables --node-ip 192.168.0.2 cluster.yaml
+
+Exit status: 0 applied; 2 input errors (nothing applied); 1 the kernel refused or another
+failure (the previous ruleset is left in place).";
+
+#[derive(Args, Debug)]
+pub struct ApplyCmd {
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Apply a ruleset file written by `svcc compile` instead of compiling manifests.
+    #[arg(long, value_name = "FILE", conflicts_with = "inputs")]
+    pub ruleset: Option<PathBuf>,
+    /// Print the transaction that would be sent; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// iptables flavour for --backend iptables (default: the one the host already uses).
+    #[arg(long, value_enum, default_value_t = FlavorFlag::Auto)]
+    pub iptables_flavor: FlavorFlag,
+    /// Manifest files or directories; `-` for stdin.
+    #[arg(value_name = "MANIFEST", required_unless_present = "ruleset")]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffCmd {
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Manifest files or directories; `-` for stdin.
+    #[arg(value_name = "MANIFEST", required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupCmd {
+    /// Which rules to remove.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Nftables)]
+    pub backend: BackendFlag,
+    /// iptables flavour for --backend iptables (default: the one the host already uses).
+    #[arg(long, value_enum, default_value_t = FlavorFlag::Auto)]
+    pub iptables_flavor: FlavorFlag,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlavorFlag {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+impl FlavorFlag {
+    fn resolve(self) -> Flavor {
+        match self {
+            FlavorFlag::Auto => Flavor::detect(),
+            FlavorFlag::Nft => Flavor::Nft,
+            FlavorFlag::Legacy => Flavor::Legacy,
+        }
+    }
 }
 
 const COMPILE_EXAMPLES: &str = "\
@@ -196,16 +270,11 @@ impl NodeFlags {
             Some(BackendFlag::Iptables) => s.backend = Backend::Iptables,
             None => {}
         }
-        if s.backend == Backend::Iptables {
-            return Err(input_error(
-                "the iptables backend is not available yet: use --backend nftables".into(),
-            ));
-        }
         Ok(s)
     }
 
     /// Compiles the inputs; prints diagnostics; `Err(code)` when the run must stop.
-    pub fn compile(&self, inputs_: &[PathBuf]) -> Result<Result<Output, ExitCode>> {
+    pub fn compile(&self, inputs_: &[PathBuf]) -> Result<Result<(NodeSettings, Output), ExitCode>> {
         let settings = match self.settings() {
             Ok(s) => s,
             Err(d) => {
@@ -239,7 +308,7 @@ impl NodeFlags {
                 } else if !out.skipped.is_empty() {
                     eprintln!("svcc: skipped {} objects of kinds svcc does not use (--verbose lists them)", out.skipped.len());
                 }
-                Ok(Ok(out))
+                Ok(Ok((settings, out)))
             }
             Err(e) => {
                 print_diags(&e.0);
@@ -260,14 +329,20 @@ fn print_diags(d: &[Diagnostic]) {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Compile(c) => compile(c),
+        Command::Apply(c) => apply(c),
+        Command::Diff(c) => diff(c),
+        Command::Cleanup(c) => cleanup(c),
     }
 }
 
 fn compile(c: CompileCmd) -> Result<ExitCode> {
-    let out = match c.node.compile(&c.inputs)? {
+    let (settings, out) = match c.node.compile(&c.inputs)? {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    if c.emit == Emit::Nft && settings.backend == Backend::Iptables {
+        return write_iptables(&out, c.output.as_deref());
+    }
     let text = match c.emit {
         Emit::Nft => out.nft_text(),
         Emit::Ir => serde_json::to_string_pretty(&out.ir).context("serialising the IR")? + "\n",
@@ -281,6 +356,167 @@ fn compile(c: CompileCmd) -> Result<ExitCode> {
                     bail!("writing standard output: {e}");
                 }
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--backend iptables`: iptables-restore input for IPv4 (to FILE) and ip6tables-restore
+/// input for IPv6 (to FILE.v6); on stdout, one after the other.
+fn write_iptables(out: &Output, path: Option<&std::path::Path>) -> Result<ExitCode> {
+    use svcc_compiler::nft::model::Family;
+    let sets = out.iptables();
+    match path {
+        Some(p) => {
+            for rs in &sets {
+                let target = match rs.family {
+                    Family::Ip => p.to_path_buf(),
+                    Family::Ip6 => PathBuf::from(format!("{}.v6", p.display())),
+                };
+                inputs::write_atomic(&target, &rs.restore_text())?;
+            }
+        }
+        None => {
+            let mut o = std::io::stdout().lock();
+            for rs in &sets {
+                let _ = o.write_all(rs.restore_text().as_bytes());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_line(r: &svcc_runtime::ApplyReport) -> String {
+    format!(
+        "svcc: {} apply{}: {} messages, {} bytes, generation {}, {} retries ({})",
+        if r.full { "full" } else { "incremental" },
+        if r.committed {
+            ""
+        } else {
+            " (nothing committed)"
+        },
+        r.messages,
+        r.bytes,
+        r.generation,
+        r.retries,
+        r.reason
+    )
+}
+
+fn apply(c: ApplyCmd) -> Result<ExitCode> {
+    if let Some(path) = &c.ruleset {
+        let src = inputs::read_file(path)?;
+        let rs = match svcc_grammar::parse_ruleset(&src.text) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {}:{}:{}: {}", src.name, e.line, e.column, e.message);
+                return Ok(ExitCode::from(EXIT_INPUT));
+            }
+        };
+        return apply_nft(&rs, c.dry_run);
+    }
+    let (settings, out) = match c.node.compile(&c.inputs)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
+    };
+    if settings.backend == Backend::Iptables {
+        let sets = out.iptables();
+        if c.dry_run {
+            for rs in &sets {
+                print!("{}", rs.restore_text());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut a = IptApplier::new(c.iptables_flavor.resolve());
+        let r = a.apply(&sets).context("applying with iptables-restore")?;
+        eprintln!(
+            "svcc: iptables ({:?}): {} chains written, {} deleted, {} jumps inserted, {} restores",
+            a.flavor(),
+            r.chains_written,
+            r.chains_deleted,
+            r.jumps_inserted,
+            r.restores
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply_nft(&out.ruleset, c.dry_run)
+}
+
+fn apply_nft(rs: &svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<ExitCode> {
+    let mut a = Applier::new().context("opening the netlink socket")?;
+    let opts = ApplyOptions {
+        dry_run,
+        script: dry_run,
+        ..Default::default()
+    };
+    match a.apply(rs, &opts) {
+        Ok(r) => {
+            if dry_run {
+                print!("{}", r.script);
+            }
+            eprintln!("{}", report_line(&r));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("svcc: apply failed, the previous ruleset is unchanged: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn diff(c: DiffCmd) -> Result<ExitCode> {
+    let (_, out) = match c.node.compile(&c.inputs)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
+    };
+    let mut a = Applier::new().context("opening the netlink socket")?;
+    let opts = ApplyOptions {
+        dry_run: true,
+        script: true,
+        ..Default::default()
+    };
+    let r = a
+        .apply(&out.ruleset, &opts)
+        .context("computing the difference")?;
+    print!("{}", r.script);
+    eprintln!("{}", report_line(&r));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cleanup(c: CleanupCmd) -> Result<ExitCode> {
+    match c.backend {
+        BackendFlag::Nftables => {
+            let mut a = Applier::new().context("opening the netlink socket")?;
+            let r = a.cleanup().context("deleting svcc's tables")?;
+            eprintln!("{}", report_line(&r));
+        }
+        BackendFlag::Iptables => {
+            use svcc_compiler::ir::{FamilyIr, Ir, NodePortAddrs};
+            use svcc_compiler::nft::model::Family;
+            // The jump rules do not depend on the services: an empty IR per family gives them.
+            let empty = |family| FamilyIr {
+                family,
+                node_ports_on: NodePortAddrs::AllLocal,
+                node_ips: vec![],
+                cluster_cidrs: vec![],
+                masquerade_all: false,
+                masquerade_mark: NodeSettings::default().masquerade_mark(),
+                service_cidrs: vec![],
+                service_ports: vec![],
+            };
+            let ir = Ir {
+                families: vec![empty(Family::Ip), empty(Family::Ip6)],
+            };
+            let sets = svcc_compiler::iptables::build::build(&ir);
+            let mut a = IptApplier::new(c.iptables_flavor.resolve());
+            let r = a
+                .cleanup(&sets)
+                .context("removing svcc's iptables chains")?;
+            eprintln!(
+                "svcc: iptables ({:?}): {} chains deleted",
+                a.flavor(),
+                r.chains_deleted
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod diag;
+pub mod iptables;
 pub mod ir;
 pub mod lower;
 pub mod manifest;
@@ -41,6 +42,11 @@ impl Output {
     /// The ruleset as an `nft -f` script replacing svcc's tables.
     pub fn nft_text(&self) -> String {
         nft::render::render_replace(&self.ruleset)
+    }
+
+    /// The iptables backend's rulesets (one per family), from the same IR.
+    pub fn iptables(&self) -> Vec<iptables::IptRuleset> {
+        iptables::build::build(&self.ir)
     }
 }
 
