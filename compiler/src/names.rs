@@ -84,6 +84,13 @@ pub fn local_chain(spn: &ServicePortName) -> String {
     format!("local-{}", hash_and_truncate(&chain_base(spn)))
 }
 
+/// IPv6 only: the dynamic set of clients with affinity to one endpoint of a service port
+/// (kube-proxy's `affinity-…__<IP>/<port>`; see `nft::build::endpoint_rules` for why).
+pub fn affinity6_set(spn: &ServicePortName, endpoint: &str) -> String {
+    let ep = endpoint.replace(['[', ']'], "").replace(':', ".");
+    format!("affinity6-{}", hash_and_truncate(&format!("{}__{ep}", chain_base(spn))))
+}
+
 /// Chain for traffic to NodePorts, external IPs and LB IPs.
 pub fn external_chain(spn: &ServicePortName) -> String {
     format!("external-{}", hash_and_truncate(&chain_base(spn)))

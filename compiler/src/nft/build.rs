@@ -225,6 +225,7 @@ fn build_table(f: &FamilyIr) -> Table {
     let mut service_chains: Vec<Chain> = Vec::new();
     let mut cluster_ips: Vec<IpAddr> = Vec::new();
     let mut hairpin: Vec<IpAddr> = Vec::new();
+    let mut extra_sets: Vec<Set> = Vec::new();
     for sp in &f.service_ports {
         build_service_port(
             f,
@@ -234,8 +235,10 @@ fn build_table(f: &FamilyIr) -> Table {
             &mut service_chains,
             &mut cluster_ips,
             &mut hairpin,
+            &mut extra_sets,
         );
     }
+    sets.extend(extra_sets);
     cluster_ips.sort();
     cluster_ips.dedup();
     for ip in cluster_ips {
@@ -478,41 +481,61 @@ fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
 
 /// The rules of a chain that picks one of `eps` uniformly at random (and remembers the pick
 /// for ClientIP affinity).
-fn endpoint_rules(sp: &ServicePort, eps: &[Backend]) -> Vec<Rule> {
-    let mut rules = Vec::with_capacity(eps.len() + 1);
-    if sp.policy.affinity_timeout.is_some() {
-        rules.push(
+///
+/// IPv6 affinity cannot use the shared `affinity` map: nft 1.0.6 fails to linearize a
+/// dynamic-map update whose concatenated key is wider than 16 bytes (an assertion in
+/// netlink_linearize.c), so IPv6 services with affinity use kube-proxy's layout instead, one
+/// dynamic set of clients per endpoint (`affinity6-…`), added to `extra_sets`.
+fn endpoint_rules(fam: Family, sp: &ServicePort, eps: &[Backend], extra_sets: &mut Vec<Set>) -> Vec<Rule> {
+    let mut rules = Vec::with_capacity(eps.len() * 2 + 1);
+    let per_endpoint_sets = fam == Family::Ip6;
+    let affinity_set = |ep: &Backend| names::affinity6_set(&sp.name, &ep.to_string());
+    match sp.policy.affinity_timeout {
+        Some(t) if per_endpoint_sets => {
+            for ep in eps {
+                let name = affinity_set(ep);
+                if !extra_sets.iter().any(|s| s.name == name) {
+                    let mut s = set(&name, vec![fam.addr_type()], None, &format!("{} affinity to {ep}", sp.name));
+                    s.flags.dynamic = true;
+                    s.flags.timeout = true;
+                    s.timeout = Some(t);
+                    extra_sets.push(s);
+                }
+                rules.push(
+                    Rule::new()
+                        .m(Match::Saddr { negate: false, addr: AddrMatch::Set(name) })
+                        .m(Match::L4Proto(sp.protocol))
+                        .s(Stmt::Dnat { addr: ep.addr, port: ep.port })
+                        .comment(format!("session affinity: {ep}")),
+                );
+            }
+        }
+        Some(_) => rules.push(
             Rule::new()
-                .s(Stmt::DnatMap {
-                    key: AFFINITY_KEY.to_vec(),
-                    map: names::AFFINITY.into(),
-                })
+                .s(Stmt::DnatMap { key: AFFINITY_KEY.to_vec(), map: names::AFFINITY.into() })
                 .comment("session affinity: the endpoint this client used before"),
-        );
+        ),
+        None => {}
     }
     let n = eps.len();
     for (i, ep) in eps.iter().enumerate() {
         let mut r = Rule::new().m(Match::L4Proto(sp.protocol));
         if i + 1 < n {
-            r = r.m(Match::NumgenRandomZero {
-                modulus: (n - i) as u32,
-            });
+            r = r.m(Match::NumgenRandomZero { modulus: (n - i) as u32 });
         }
         if let Some(t) = sp.policy.affinity_timeout {
-            r = r.s(Stmt::Update {
-                set: names::AFFINITY.into(),
-                key: AFFINITY_KEY.to_vec(),
-                timeout: t,
-                data: vec![Value::Addr(ep.addr), Value::Port(ep.port)],
-            });
+            r = if per_endpoint_sets {
+                r.s(Stmt::Update { set: affinity_set(ep), key: vec![Field::Saddr], timeout: t, data: vec![] })
+            } else {
+                r.s(Stmt::Update {
+                    set: names::AFFINITY.into(),
+                    key: AFFINITY_KEY.to_vec(),
+                    timeout: t,
+                    data: vec![Value::Addr(ep.addr), Value::Port(ep.port)],
+                })
+            };
         }
-        rules.push(
-            r.s(Stmt::Dnat {
-                addr: ep.addr,
-                port: ep.port,
-            })
-            .comment(ep.to_string()),
-        );
+        rules.push(r.s(Stmt::Dnat { addr: ep.addr, port: ep.port }).comment(ep.to_string()));
     }
     rules
 }
@@ -525,6 +548,7 @@ fn build_service_port(
     chains: &mut Vec<Chain>,
     cluster_ips: &mut Vec<IpAddr>,
     hairpin: &mut Vec<IpAddr>,
+    extra_sets: &mut Vec<Set>,
 ) {
     let spn = sp.name.to_string();
     let proto = sp.protocol;
@@ -574,7 +598,7 @@ fn build_service_port(
             name: cluster_chain.clone(),
             base: None,
             comment: comment(format!("{spn} cluster endpoints")),
-            rules: endpoint_rules(sp, &b.cluster),
+            rules: endpoint_rules(f.family, sp, &b.cluster, extra_sets),
         });
     }
     if uses_local_chain {
@@ -582,7 +606,7 @@ fn build_service_port(
             name: local_chain.clone(),
             base: None,
             comment: comment(format!("{spn} local endpoints")),
-            rules: endpoint_rules(sp, &b.local),
+            rules: endpoint_rules(f.family, sp, &b.local, extra_sets),
         });
     }
     for ep in b.cluster.iter().chain(b.local.iter()) {
