@@ -133,6 +133,9 @@ pub struct Policy {
     pub source_ranges: Vec<IpNet>,
     /// A source range contains a node IP: LB IPs themselves are allowed as sources.
     pub allow_lb_ips_as_source: bool,
+    /// `spec.healthCheckNodePort` (eTP Local NodePort/LoadBalancer services): the port on
+    /// which `svcc run` answers load-balancer health checks for this service.
+    pub health_check_node_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

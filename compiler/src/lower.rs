@@ -44,6 +44,7 @@ struct Svc<'a> {
     external_local: bool,
     internal_local: bool,
     affinity_timeout: Option<u32>,
+    health_check_node_port: Option<u16>,
 }
 
 struct SvcPort {
@@ -380,6 +381,7 @@ pub fn lower(
                         .filter(|n| is_fam(&n.addr()))
                         .collect(),
                     allow_lb_ips_as_source: false,
+                    health_check_node_port: s.health_check_node_port.filter(|_| s.external_local),
                 };
                 let mut policy = policy;
                 policy.allow_lb_ips_as_source = policy
@@ -728,10 +730,25 @@ fn validate_service<'a>(
             None
         }
     };
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                err(
+                    diags,
+                    &[key("spec"), key("healthCheckNodePort")],
+                    format!("healthCheckNodePort {p} out of range 1-65535"),
+                );
+                None
+            }
+        },
+    };
     if errs > 0 {
         return None;
     }
     Some(Svc {
+        health_check_node_port,
         origin,
         namespace,
         name,

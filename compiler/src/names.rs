@@ -88,7 +88,10 @@ pub fn local_chain(spn: &ServicePortName) -> String {
 /// (kube-proxy's `affinity-…__<IP>/<port>`; see `nft::build::endpoint_rules` for why).
 pub fn affinity6_set(spn: &ServicePortName, endpoint: &str) -> String {
     let ep = endpoint.replace(['[', ']'], "").replace(':', ".");
-    format!("affinity6-{}", hash_and_truncate(&format!("{}__{ep}", chain_base(spn))))
+    format!(
+        "affinity6-{}",
+        hash_and_truncate(&format!("{}__{ep}", chain_base(spn)))
+    )
 }
 
 /// Chain for traffic to NodePorts, external IPs and LB IPs.

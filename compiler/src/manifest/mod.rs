@@ -5,6 +5,7 @@
 //! not use are counted and listed, not rejected: users pipe `kubectl get all`.
 
 pub mod locate;
+mod stream;
 
 use std::sync::Arc;
 
@@ -58,31 +59,79 @@ pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed 
 fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
     let file: Arc<str> = Arc::from(src.name.as_str());
     for (doc, de) in serde_yaml_ng::Deserializer::from_str(&src.text).enumerate() {
-        let value = match Value::deserialize(de) {
-            Ok(v) => v,
-            Err(e) => {
-                let mut d = Diagnostic::error(
-                    &src.name,
-                    format!("cannot parse YAML/JSON: {}", strip_location(&e)),
-                );
-                if let Some(loc) = e.location() {
-                    d.line = Some(loc.line());
-                    d.column = Some(loc.column());
-                }
-                diags.push(d);
-                // The parser cannot resynchronise after a syntax error: the rest of the file is lost.
-                return;
-            }
-        };
-        if value.is_null() {
-            continue;
-        }
         let origin = Origin {
             file: file.clone(),
             doc,
             base: Vec::new(),
         };
-        handle_value(value, origin, out, diags);
+        let mark = (out.objects.len(), out.skipped.len());
+        let mut fast_diags = Vec::new();
+        if stream::parse_document(de, origin, out, &mut fast_diags).is_ok() {
+            diags.extend(fast_diags);
+            continue;
+        }
+        // Something the fast path could not take: re-read this document through `Value`,
+        // which locates every problem (and reports a syntax error, which ends the file).
+        out.objects.truncate(mark.0);
+        out.skipped.truncate(mark.1);
+        if !parse_document_slowly(src, &file, doc, out, diags) {
+            return;
+        }
+    }
+}
+
+/// The general path for one document. Returns false when the file cannot be read further.
+fn parse_document_slowly(
+    src: &Source,
+    file: &Arc<str>,
+    doc: usize,
+    out: &mut Parsed,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let Some(de) = serde_yaml_ng::Deserializer::from_str(&src.text).nth(doc) else {
+        return false;
+    };
+    let value = match Value::deserialize(de) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut d = Diagnostic::error(
+                &src.name,
+                format!("cannot parse YAML/JSON: {}", strip_location(&e)),
+            );
+            if let Some(loc) = e.location() {
+                d.line = Some(loc.line());
+                d.column = Some(loc.column());
+            }
+            diags.push(d);
+            // The parser cannot resynchronise after a syntax error: the rest of the file is lost.
+            return false;
+        }
+    };
+    if !value.is_null() {
+        handle_value(
+            value,
+            Origin {
+                file: file.clone(),
+                doc,
+                base: Vec::new(),
+            },
+            out,
+            diags,
+        );
+    }
+    true
+}
+
+/// The kinds svcc reads, by (kind, apiVersion).
+fn object_kind(kind: &str, api: &str) -> Option<stream::ObjectKind> {
+    use stream::ObjectKind::*;
+    match (kind, api) {
+        ("Service", "v1") => Some(Service),
+        ("Endpoints", "v1") => Some(Endpoints),
+        ("Node", "v1") => Some(Node),
+        ("EndpointSlice", "discovery.k8s.io/v1") => Some(EndpointSlice),
+        ("ServiceCIDR", "networking.k8s.io/v1" | "networking.k8s.io/v1beta1") => Some(ServiceCidr),
+        _ => None,
     }
 }
 
@@ -164,20 +213,21 @@ fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut 
     }
     let name = object_name(&value);
     let group = api.split('/').next().unwrap_or("");
-    let obj = match (kind.as_str(), api.as_str()) {
-        ("Service", "v1") => {
+    use stream::ObjectKind as K;
+    let obj = match (object_kind(&kind, &api), kind.as_str()) {
+        (Some(K::Service), _) => {
             typed(value, &origin, &kind, &name, diags).map(|s| Object::Service(Box::new(s)))
         }
-        ("Endpoints", "v1") => {
+        (Some(K::Endpoints), _) => {
             typed(value, &origin, &kind, &name, diags).map(|s| Object::Endpoints(Box::new(s)))
         }
-        ("Node", "v1") => {
+        (Some(K::Node), _) => {
             typed(value, &origin, &kind, &name, diags).map(|s| Object::Node(Box::new(s)))
         }
-        ("EndpointSlice", "discovery.k8s.io/v1") => {
+        (Some(K::EndpointSlice), _) => {
             typed(value, &origin, &kind, &name, diags).map(|s| Object::EndpointSlice(Box::new(s)))
         }
-        ("ServiceCIDR", "networking.k8s.io/v1" | "networking.k8s.io/v1beta1") => {
+        (Some(K::ServiceCidr), _) => {
             // v1beta1 has the same schema; read it as v1.
             if let Value::Mapping(m) = &mut value {
                 m.insert(
@@ -187,7 +237,7 @@ fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut 
             }
             typed(value, &origin, &kind, &name, diags).map(|s| Object::ServiceCidr(Box::new(s)))
         }
-        ("Service" | "Endpoints" | "Node", _) | ("EndpointSlice", _) if group != "apps" => {
+        (None, "Service" | "Endpoints" | "Node" | "EndpointSlice") if group != "apps" => {
             diags.push(Diagnostic::at_field(
                 Severity::Error,
                 &origin,

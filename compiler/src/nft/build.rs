@@ -486,7 +486,12 @@ fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
 /// dynamic-map update whose concatenated key is wider than 16 bytes (an assertion in
 /// netlink_linearize.c), so IPv6 services with affinity use kube-proxy's layout instead, one
 /// dynamic set of clients per endpoint (`affinity6-…`), added to `extra_sets`.
-fn endpoint_rules(fam: Family, sp: &ServicePort, eps: &[Backend], extra_sets: &mut Vec<Set>) -> Vec<Rule> {
+fn endpoint_rules(
+    fam: Family,
+    sp: &ServicePort,
+    eps: &[Backend],
+    extra_sets: &mut Vec<Set>,
+) -> Vec<Rule> {
     let mut rules = Vec::with_capacity(eps.len() * 2 + 1);
     let per_endpoint_sets = fam == Family::Ip6;
     let affinity_set = |ep: &Backend| names::affinity6_set(&sp.name, &ep.to_string());
@@ -495,7 +500,12 @@ fn endpoint_rules(fam: Family, sp: &ServicePort, eps: &[Backend], extra_sets: &m
             for ep in eps {
                 let name = affinity_set(ep);
                 if !extra_sets.iter().any(|s| s.name == name) {
-                    let mut s = set(&name, vec![fam.addr_type()], None, &format!("{} affinity to {ep}", sp.name));
+                    let mut s = set(
+                        &name,
+                        vec![fam.addr_type()],
+                        None,
+                        &format!("{} affinity to {ep}", sp.name),
+                    );
                     s.flags.dynamic = true;
                     s.flags.timeout = true;
                     s.timeout = Some(t);
@@ -503,16 +513,25 @@ fn endpoint_rules(fam: Family, sp: &ServicePort, eps: &[Backend], extra_sets: &m
                 }
                 rules.push(
                     Rule::new()
-                        .m(Match::Saddr { negate: false, addr: AddrMatch::Set(name) })
+                        .m(Match::Saddr {
+                            negate: false,
+                            addr: AddrMatch::Set(name),
+                        })
                         .m(Match::L4Proto(sp.protocol))
-                        .s(Stmt::Dnat { addr: ep.addr, port: ep.port })
+                        .s(Stmt::Dnat {
+                            addr: ep.addr,
+                            port: ep.port,
+                        })
                         .comment(format!("session affinity: {ep}")),
                 );
             }
         }
         Some(_) => rules.push(
             Rule::new()
-                .s(Stmt::DnatMap { key: AFFINITY_KEY.to_vec(), map: names::AFFINITY.into() })
+                .s(Stmt::DnatMap {
+                    key: AFFINITY_KEY.to_vec(),
+                    map: names::AFFINITY.into(),
+                })
                 .comment("session affinity: the endpoint this client used before"),
         ),
         None => {}
@@ -521,11 +540,18 @@ fn endpoint_rules(fam: Family, sp: &ServicePort, eps: &[Backend], extra_sets: &m
     for (i, ep) in eps.iter().enumerate() {
         let mut r = Rule::new().m(Match::L4Proto(sp.protocol));
         if i + 1 < n {
-            r = r.m(Match::NumgenRandomZero { modulus: (n - i) as u32 });
+            r = r.m(Match::NumgenRandomZero {
+                modulus: (n - i) as u32,
+            });
         }
         if let Some(t) = sp.policy.affinity_timeout {
             r = if per_endpoint_sets {
-                r.s(Stmt::Update { set: affinity_set(ep), key: vec![Field::Saddr], timeout: t, data: vec![] })
+                r.s(Stmt::Update {
+                    set: affinity_set(ep),
+                    key: vec![Field::Saddr],
+                    timeout: t,
+                    data: vec![],
+                })
             } else {
                 r.s(Stmt::Update {
                     set: names::AFFINITY.into(),
@@ -535,7 +561,13 @@ fn endpoint_rules(fam: Family, sp: &ServicePort, eps: &[Backend], extra_sets: &m
                 })
             };
         }
-        rules.push(r.s(Stmt::Dnat { addr: ep.addr, port: ep.port }).comment(ep.to_string()));
+        rules.push(
+            r.s(Stmt::Dnat {
+                addr: ep.addr,
+                port: ep.port,
+            })
+            .comment(ep.to_string()),
+        );
     }
     rules
 }
