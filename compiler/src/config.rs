@@ -24,7 +24,7 @@ pub enum NodePortAddresses {
     /// without a known node IP, every local non-loopback address.
     #[default]
     Unset,
-    /// `primary`: the node's IPs (`--node-ip`).
+    /// `primary`: the node's primary IP per family (the first `--node-ip` of each family).
     Primary,
     /// Node IPs inside these CIDRs.
     Cidrs(Vec<IpNet>),

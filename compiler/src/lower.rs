@@ -270,7 +270,9 @@ pub fn lower(
                 }
                 NodePortAddrs::AllLocal
             }
-            _ => NodePortAddrs::Addrs(usable_node_ips.clone()),
+            // `primary` (and the nftables default): the node's primary IP of the family, which
+            // is the first --node-ip of that family, as cmd/kube-proxy passes NodeIPs[family].
+            _ => NodePortAddrs::Addrs(usable_node_ips[..1].to_vec()),
         };
         let mut fir = FamilyIr {
             family: fam,
