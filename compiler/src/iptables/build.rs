@@ -117,21 +117,22 @@ fn build_family(f: &FamilyIr) -> IptRuleset {
         POSTROUTING.to_string(),
         MARK_MASQ.to_string(),
     ];
-    let mut nat = Vec::new();
-    nat.push(rule(MARK_MASQ, None, vec![], Target::MarkOr(mark)));
-    nat.push(rule(
-        POSTROUTING,
-        None,
-        vec![IptMatch::Mark { negate: true, mark }],
-        Target::Return,
-    ));
-    nat.push(rule(POSTROUTING, None, vec![], Target::MarkXor(mark)));
-    nat.push(rule(
-        POSTROUTING,
-        Some("svcc service traffic requiring SNAT".into()),
-        vec![],
-        Target::Masquerade { random_fully: true },
-    ));
+    let mut nat = vec![
+        rule(MARK_MASQ, None, vec![], Target::MarkOr(mark)),
+        rule(
+            POSTROUTING,
+            None,
+            vec![IptMatch::Mark { negate: true, mark }],
+            Target::Return,
+        ),
+        rule(POSTROUTING, None, vec![], Target::MarkXor(mark)),
+        rule(
+            POSTROUTING,
+            Some("svcc service traffic requiring SNAT".into()),
+            vec![],
+            Target::Masquerade { random_fully: true },
+        ),
+    ];
     if multi_cidr {
         nat_chains.push(CIP_MASQ.into());
         for c in &f.cluster_cidrs {

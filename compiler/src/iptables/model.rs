@@ -109,7 +109,8 @@ fn probability(p: f64) -> String {
 
 impl IptRule {
     /// The rule's arguments after `-A CHAIN`, as iptables-save prints them.
-    pub fn args(&self) -> String {
+    pub fn args(&self, family: Family) -> String {
+        let mask = mask(family);
         let mut s = String::new();
         if let Some(c) = &self.comment {
             let _ = write!(s, " -m comment --comment \"{}\"", c.replace('"', ""));
@@ -151,13 +152,11 @@ impl IptRule {
                     probability(*p)
                 ),
                 IptMatch::RecentCheck { name, seconds } => {
-                    write!(s, " -m recent --name {name} --mask {} --rsource --rcheck --seconds {seconds} --reap", "{mask}")
+                    write!(s, " -m recent --name {name} --mask {mask} --rsource --rcheck --seconds {seconds} --reap")
                 }
-                IptMatch::RecentSet { name } => write!(
-                    s,
-                    " -m recent --name {name} --mask {} --rsource --set",
-                    "{mask}"
-                ),
+                IptMatch::RecentSet { name } => {
+                    write!(s, " -m recent --name {name} --mask {mask} --rsource --set")
+                }
             };
         }
         let _ = match &self.target {
@@ -195,7 +194,6 @@ fn mask(f: Family) -> &'static str {
 impl IptRuleset {
     /// `iptables-restore --noflush` input: svcc's chains, replaced as a whole per table.
     pub fn restore_text(&self) -> String {
-        let m = mask(self.family);
         let mut out = String::new();
         let tool = match self.family {
             Family::Ip => "iptables",
@@ -211,7 +209,7 @@ impl IptRuleset {
                 "#   {tool} -t {} -I {}{}",
                 j.table,
                 j.chain,
-                j.rule.args().replace("{mask}", m)
+                j.rule.args(self.family)
             );
         }
         for t in &self.tables {
@@ -220,7 +218,7 @@ impl IptRuleset {
                 let _ = writeln!(out, ":{c} - [0:0]");
             }
             for r in &t.rules {
-                let _ = writeln!(out, "-A {}{}", r.chain, r.args().replace("{mask}", m));
+                let _ = writeln!(out, "-A {}{}", r.chain, r.args(self.family));
             }
             out.push_str("COMMIT\n");
         }
@@ -229,7 +227,7 @@ impl IptRuleset {
 
     /// The arguments of one jump rule, for `iptables -t T -C|-I|-D CHAIN <args>`.
     pub fn jump_args(&self, j: &IptJump) -> Vec<String> {
-        split_args(&j.rule.args().replace("{mask}", mask(self.family)))
+        split_args(&j.rule.args(self.family))
     }
 }
 

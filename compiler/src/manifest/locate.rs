@@ -102,6 +102,13 @@ impl Recv<'_> {
         false
     }
 
+    /// A scalar or alias: a key, or a whole value.
+    fn leaf(&mut self, mark: Marker, scalar: Option<&str>) {
+        if !self.node_start(mark, scalar) {
+            self.node_end();
+        }
+    }
+
     /// A node finished: advance the parent.
     fn node_end(&mut self) {
         match self.stack.last_mut() {
@@ -119,16 +126,8 @@ impl MarkedEventReceiver for Recv<'_> {
                 self.doc = Some(self.doc.map_or(0, |d| d + 1));
                 self.stack.clear();
             }
-            Event::Scalar(s, ..) => {
-                if !self.node_start(mark, Some(&s)) {
-                    self.node_end();
-                }
-            }
-            Event::Alias(_) => {
-                if !self.node_start(mark, None) {
-                    self.node_end();
-                }
-            }
+            Event::Scalar(s, ..) => self.leaf(mark, Some(&s)),
+            Event::Alias(_) => self.leaf(mark, None),
             Event::MappingStart(..) => {
                 self.node_start(mark, None);
                 self.stack.push(Frame::Map { key: None });

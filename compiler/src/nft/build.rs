@@ -222,22 +222,23 @@ fn build_table(f: &FamilyIr) -> Table {
     let mark = f.masquerade_mark;
     let mut chains = base_chains(f, has_detector, mark);
 
-    let mut service_chains: Vec<Chain> = Vec::new();
-    let mut cluster_ips: Vec<IpAddr> = Vec::new();
-    let mut hairpin: Vec<IpAddr> = Vec::new();
-    let mut extra_sets: Vec<Set> = Vec::new();
+    let mut acc = Acc {
+        sets,
+        chains: Vec::new(),
+        cluster_ips: Vec::new(),
+        hairpin: Vec::new(),
+        extra_sets: Vec::new(),
+    };
     for sp in &f.service_ports {
-        build_service_port(
-            f,
-            sp,
-            &mut sets,
-            &ix,
-            &mut service_chains,
-            &mut cluster_ips,
-            &mut hairpin,
-            &mut extra_sets,
-        );
+        build_service_port(f, sp, &ix, &mut acc);
     }
+    let Acc {
+        mut sets,
+        chains: service_chains,
+        mut cluster_ips,
+        mut hairpin,
+        extra_sets,
+    } = acc;
     sets.extend(extra_sets);
     cluster_ips.sort();
     cluster_ips.dedup();
@@ -572,16 +573,26 @@ fn endpoint_rules(
     rules
 }
 
-fn build_service_port(
-    f: &FamilyIr,
-    sp: &ServicePort,
-    sets: &mut [Set],
-    ix: &Sets,
-    chains: &mut Vec<Chain>,
-    cluster_ips: &mut Vec<IpAddr>,
-    hairpin: &mut Vec<IpAddr>,
-    extra_sets: &mut Vec<Set>,
-) {
+/// What the service ports add to a table, gathered while building it.
+struct Acc {
+    /// The fixed sets and maps (indexed by [`Sets`]).
+    sets: Vec<Set>,
+    /// Per-service-port chains.
+    chains: Vec<Chain>,
+    cluster_ips: Vec<IpAddr>,
+    hairpin: Vec<IpAddr>,
+    /// IPv6 per-endpoint affinity sets (see [`endpoint_rules`]).
+    extra_sets: Vec<Set>,
+}
+
+fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) {
+    let Acc {
+        sets,
+        chains,
+        cluster_ips,
+        hairpin,
+        extra_sets,
+    } = acc;
     let spn = sp.name.to_string();
     let proto = sp.protocol;
     let b = &sp.backends;
