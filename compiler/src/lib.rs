@@ -14,6 +14,7 @@ pub mod lower;
 pub mod manifest;
 pub mod names;
 pub mod nft;
+pub mod session;
 
 pub use config::{Backend, NodePortAddresses, NodeSettings};
 pub use diag::{Diagnostic, InputErrors, Severity};

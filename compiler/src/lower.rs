@@ -70,8 +70,19 @@ struct Ep {
 /// Endpoints of one Service keyed by (port name, protocol).
 type EpMap = BTreeMap<(String, L4Proto), Vec<Ep>>;
 
+/// Lowers every object of `parsed` (see [`lower_objects`]).
 pub fn lower(
     parsed: &Parsed,
+    settings: &NodeSettings,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> Ir {
+    lower_objects(&parsed.objects, settings, diags, notes)
+}
+
+/// Lowers objects from any number of sources (the long-running applier keeps them per file).
+pub fn lower_objects<'a>(
+    objects: impl IntoIterator<Item = &'a (Origin, Object)>,
     settings: &NodeSettings,
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
@@ -84,7 +95,7 @@ pub fn lower(
     let mut slices: BTreeMap<(String, String), Vec<(&Origin, &EndpointSlice)>> = BTreeMap::new();
     let mut legacy: BTreeMap<(String, String), (&Origin, &Endpoints)> = BTreeMap::new();
 
-    for (origin, obj) in &parsed.objects {
+    for (origin, obj) in objects {
         match obj {
             Object::Node(n) => {
                 if n.metadata.name.as_deref() == Some(settings.hostname.as_str()) {
