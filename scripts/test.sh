@@ -8,9 +8,10 @@ scripts/setup.sh
 export INSTA_UPDATE=no
 # As root (CI), a flow test that cannot run is a failure, not a skip.
 [ "$(id -u)" = 0 ] && export SVCC_FLOW_REQUIRE=1
-cargo test --workspace --all-targets
-# Doc tests run separately (--all-targets skips them).
+# Benches are built, not run (they measure; CI only proves they compile).
+cargo test --workspace --lib --bins --tests --examples
 cargo test --workspace --doc
+cargo bench --workspace --no-run
 left=$(ip netns list 2>/dev/null | grep -E '^svcc' || true)
 if [ -n "$left" ]; then
   echo "tests left network namespaces behind:" >&2
