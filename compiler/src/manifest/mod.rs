@@ -5,6 +5,7 @@
 //! not use are counted and listed, not rejected: users pipe `kubectl get all`.
 
 pub mod locate;
+mod split;
 mod stream;
 
 use std::sync::Arc;
@@ -58,6 +59,13 @@ pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed 
 
 fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
     let file: Arc<str> = Arc::from(src.name.as_str());
+    if let Some(items) = split::list_items(&src.text) {
+        if let Some(parsed) = split::parse_items(&items, &file) {
+            out.objects.extend(parsed.objects);
+            out.skipped.extend(parsed.skipped);
+            return;
+        }
+    }
     for (doc, de) in serde_yaml_ng::Deserializer::from_str(&src.text).enumerate() {
         let origin = Origin {
             file: file.clone(),
