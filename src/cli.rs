@@ -41,6 +41,10 @@ pub enum Command {
     Diff(DiffCmd),
     /// Remove svcc's tables (or, with --backend iptables, its chains and jumps), nothing else.
     Cleanup(CleanupCmd),
+    /// Keep the kernel in step with the manifests under --watch paths: watch, re-apply the
+    /// difference on change, repair drift, serve metrics and health checks (see docs/RUN.md).
+    #[command(after_help = crate::run::RUN_EXAMPLES)]
+    Run(crate::run::RunCmd),
 }
 
 const APPLY_EXAMPLES: &str = "\
@@ -332,6 +336,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply(c) => apply(c),
         Command::Diff(c) => diff(c),
         Command::Cleanup(c) => cleanup(c),
+        Command::Run(c) => crate::run::run(c),
     }
 }
 
@@ -413,7 +418,7 @@ fn apply(c: ApplyCmd) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_INPUT));
             }
         };
-        return apply_nft(&rs, c.dry_run);
+        return apply_nft(rs, c.dry_run);
     }
     let (settings, out) = match c.node.compile(&c.inputs)? {
         Ok(o) => o,
@@ -439,23 +444,27 @@ fn apply(c: ApplyCmd) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    apply_nft(&out.ruleset, c.dry_run)
+    apply_nft(out.ruleset, c.dry_run)
 }
 
-fn apply_nft(rs: &svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<ExitCode> {
+fn apply_nft(rs: svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<ExitCode> {
     let mut a = Applier::new().context("opening the netlink socket")?;
-    let opts = ApplyOptions {
-        dry_run,
-        script: dry_run,
-        ..Default::default()
-    };
-    match a.apply(rs, &opts) {
+    let opts = ApplyOptions { dry_run, script: dry_run, ..Default::default() };
+    // `apply_owned`: the applier keeps the model as "last applied" without copying it.
+    match a.apply_owned(rs, &opts) {
         Ok(r) => {
             if dry_run {
                 print!("{}", r.script);
             }
             eprintln!("{}", report_line(&r));
             Ok(ExitCode::SUCCESS)
+        }
+        Err(svcc_runtime::ApplyError::Refused(all)) => {
+            eprintln!("svcc: the kernel refused the transaction; nothing was applied, the previous ruleset is unchanged:");
+            for r in &all {
+                eprintln!("  {r}");
+            }
+            Ok(ExitCode::from(1))
         }
         Err(e) => {
             eprintln!("svcc: apply failed, the previous ruleset is unchanged: {e}");

@@ -3,6 +3,7 @@
 
 mod cli;
 mod inputs;
+mod run;
 
 use std::process::ExitCode;
 

@@ -20,7 +20,11 @@ pub enum IptError {
     #[error("cannot run {cmd}: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed ({status}): {stderr}")]
-    Failed { cmd: String, status: String, stderr: String },
+    Failed {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 /// Which iptables the host uses.
@@ -53,7 +57,12 @@ impl Flavor {
             Command::new(f.bin(Family::Ip, "-save"))
                 .stderr(Stdio::null())
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('-')).count())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .filter(|l| l.starts_with('-'))
+                        .count()
+                })
                 .unwrap_or(0)
         };
         if lines(Flavor::Legacy) > lines(Flavor::Nft) {
@@ -90,12 +99,23 @@ fn run(cmd: &str, args: &[String], input: Option<&str>) -> Result<String, IptErr
         c.stdin(Stdio::piped());
     }
     let full = format!("{cmd} {}", args.join(" "));
-    let mut child = c.spawn().map_err(|source| IptError::Spawn { cmd: full.clone(), source })?;
+    let mut child = c.spawn().map_err(|source| IptError::Spawn {
+        cmd: full.clone(),
+        source,
+    })?;
     if let Some(text) = input {
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(text.as_bytes()).map_err(|source| IptError::Spawn { cmd: full.clone(), source })?;
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| IptError::Spawn {
+                cmd: full.clone(),
+                source,
+            })?;
     }
-    let out = child.wait_with_output().map_err(|source| IptError::Spawn { cmd: full.clone(), source })?;
+    let out = child.wait_with_output().map_err(|source| IptError::Spawn {
+        cmd: full.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(IptError::Failed {
             cmd: full,
@@ -107,8 +127,16 @@ fn run(cmd: &str, args: &[String], input: Option<&str>) -> Result<String, IptErr
 }
 
 /// svcc's chains present in one table now (from `iptables-save -t TABLE`).
-fn existing_chains(flavor: Flavor, family: Family, table: &str) -> Result<BTreeSet<String>, IptError> {
-    let out = run(&flavor.bin(family, "-save"), &["-t".into(), table.into()], None)?;
+fn existing_chains(
+    flavor: Flavor,
+    family: Family,
+    table: &str,
+) -> Result<BTreeSet<String>, IptError> {
+    let out = run(
+        &flavor.bin(family, "-save"),
+        &["-t".into(), table.into()],
+        None,
+    )?;
     Ok(out
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
@@ -131,7 +159,11 @@ fn by_chain(rs: &IptRuleset) -> BTreeMap<&'static str, BTreeMap<String, Vec<Stri
             out.entry(t).or_default().entry(name).or_default();
         } else if let (Some(t), Some(r)) = (table, line.strip_prefix("-A ")) {
             let chain = r.split_whitespace().next().unwrap_or_default().to_string();
-            out.entry(t).or_default().entry(chain).or_default().push(line.to_string());
+            out.entry(t)
+                .or_default()
+                .entry(chain)
+                .or_default()
+                .push(line.to_string());
         }
     }
     out
@@ -139,7 +171,10 @@ fn by_chain(rs: &IptRuleset) -> BTreeMap<&'static str, BTreeMap<String, Vec<Stri
 
 impl IptApplier {
     pub fn new(flavor: Flavor) -> IptApplier {
-        IptApplier { flavor, last: BTreeMap::new() }
+        IptApplier {
+            flavor,
+            last: BTreeMap::new(),
+        }
     }
 
     pub fn flavor(&self) -> Flavor {
@@ -156,8 +191,15 @@ impl IptApplier {
                 let key = (rs.family, *table);
                 let (changed, stale): (Vec<&String>, Vec<String>) = match self.last.get(&key) {
                     Some(prev) => (
-                        chains.iter().filter(|(c, r)| prev.get(*c) != Some(*r)).map(|(c, _)| c).collect(),
-                        prev.keys().filter(|c| !chains.contains_key(*c)).cloned().collect(),
+                        chains
+                            .iter()
+                            .filter(|(c, r)| prev.get(*c) != Some(*r))
+                            .map(|(c, _)| c)
+                            .collect(),
+                        prev.keys()
+                            .filter(|c| !chains.contains_key(*c))
+                            .cloned()
+                            .collect(),
                     ),
                     None => (
                         chains.keys().collect(),
@@ -171,7 +213,11 @@ impl IptApplier {
                     continue;
                 }
                 let mut input = format!("*{table}\n");
-                for c in changed.iter().map(|c| c.as_str()).chain(stale.iter().map(|c| c.as_str())) {
+                for c in changed
+                    .iter()
+                    .map(|c| c.as_str())
+                    .chain(stale.iter().map(|c| c.as_str()))
+                {
                     input.push_str(&format!(":{c} - [0:0]\n"));
                 }
                 for c in &stale {
@@ -184,7 +230,11 @@ impl IptApplier {
                     }
                 }
                 input.push_str("COMMIT\n");
-                run(&self.flavor.bin(rs.family, "-restore"), &["--noflush".into()], Some(&input))?;
+                run(
+                    &self.flavor.bin(rs.family, "-restore"),
+                    &["--noflush".into()],
+                    Some(&input),
+                )?;
                 rep.restores += 1;
                 rep.chains_written += changed.len();
                 rep.chains_deleted += stale.len();
@@ -201,12 +251,24 @@ impl IptApplier {
         // Inserted at the top in reverse, so they end up in the declared order.
         for j in rs.jumps.iter().rev() {
             let args = rs.jump_args(j);
-            let mut check = vec!["-w".to_string(), "-t".into(), j.table.into(), "-C".into(), j.chain.into()];
+            let mut check = vec![
+                "-w".to_string(),
+                "-t".into(),
+                j.table.into(),
+                "-C".into(),
+                j.chain.into(),
+            ];
             check.extend(args.iter().cloned());
             if run(&bin, &check, None).is_ok() {
                 continue;
             }
-            let mut ins = vec!["-w".to_string(), "-t".into(), j.table.into(), "-I".into(), j.chain.into()];
+            let mut ins = vec![
+                "-w".to_string(),
+                "-t".into(),
+                j.table.into(),
+                "-I".into(),
+                j.chain.into(),
+            ];
             ins.extend(args);
             run(&bin, &ins, None)?;
             n += 1;
@@ -222,7 +284,13 @@ impl IptApplier {
             for j in &rs.jumps {
                 let args = rs.jump_args(j);
                 loop {
-                    let mut del = vec!["-w".to_string(), "-t".into(), j.table.into(), "-D".into(), j.chain.into()];
+                    let mut del = vec![
+                        "-w".to_string(),
+                        "-t".into(),
+                        j.table.into(),
+                        "-D".into(),
+                        j.chain.into(),
+                    ];
                     del.extend(args.iter().cloned());
                     if run(&bin, &del, None).is_err() {
                         break;
@@ -242,7 +310,11 @@ impl IptApplier {
                     input.push_str(&format!("-X {c}\n"));
                 }
                 input.push_str("COMMIT\n");
-                run(&self.flavor.bin(rs.family, "-restore"), &["--noflush".into()], Some(&input))?;
+                run(
+                    &self.flavor.bin(rs.family, "-restore"),
+                    &["--noflush".into()],
+                    Some(&input),
+                )?;
                 rep.restores += 1;
                 rep.chains_deleted += chains.len();
             }

@@ -1,0 +1,576 @@
+//! The applier: plans a transaction (full replace or difference), encodes it as one batch,
+//! sends it guarded by the generation id it was planned against, retries when the ruleset moved
+//! meanwhile, and remembers what the kernel now holds.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::Batch;
+use crate::conn::{Conn, Monitor, Outcome};
+use crate::encode::{family_code, Enc, UDATA_TABLE_SVCC};
+use crate::error::{ApplyError, Refusal};
+use crate::model::*;
+use crate::nl;
+use crate::plan::{self, Changes, Op, Plan, MISSING_CHAIN};
+
+/// The only tables svcc creates, changes or deletes.
+pub const OWNED: [(Family, &str); 2] = [(Family::Ip, "svcc"), (Family::Ip6, "svcc")];
+
+/// Marker in a table's user data: "svcc" + version + a nonce drawn at each full replace. The
+/// applier that made the table knows the nonce; any other writer (a fresh `svcc apply`, `nft
+/// -f`) makes a table without it, so a matching nonce proves the table is the one this applier
+/// has been keeping up to date.
+const MARKER_MAGIC: &[u8; 5] = b"svcc\x01";
+
+/// Called just before a batch is sent, with the attempt number (0 = first): a test hook to
+/// change the ruleset behind the applier's back.
+pub type BeforeCommit = Arc<dyn Fn(u32) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ApplyOptions {
+    /// Plan and encode, send nothing; the report holds the script.
+    pub dry_run: bool,
+    /// Fill `ApplyReport::script` (always on for `dry_run`).
+    pub script: bool,
+    /// How many times a batch refused for a stale generation id is recomputed and re-sent.
+    pub max_retries: u32,
+    /// Replace svcc's tables even if a difference would do.
+    pub force_full: bool,
+    /// Test hook: add a rule the kernel refuses (a jump to a missing chain) to the batch.
+    pub inject_invalid: bool,
+    /// Test hook, see [`BeforeCommit`].
+    pub before_commit: Option<BeforeCommit>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            dry_run: false,
+            script: false,
+            max_retries: 5,
+            force_full: false,
+            inject_invalid: false,
+            before_commit: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApplyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyOptions")
+            .field("dry_run", &self.dry_run)
+            .field("script", &self.script)
+            .field("max_retries", &self.max_retries)
+            .field("force_full", &self.force_full)
+            .field("inject_invalid", &self.inject_invalid)
+            .field("before_commit", &self.before_commit.is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// A full replace of svcc's tables (else a difference).
+    pub full: bool,
+    /// Why a full replace, or "incremental", or "no change".
+    pub reason: String,
+    /// nf_tables messages in the batch (batch begin/end not counted); 0 = nothing sent.
+    pub messages: usize,
+    /// Bytes of the batch as sent.
+    pub bytes: usize,
+    /// The generation id the batch was computed against (the ruleset's is this + 1 after it).
+    pub generation: u32,
+    /// Batches refused for a stale generation id (or an unreadable answer) and recomputed.
+    pub retries: u32,
+    /// Whether a batch went to the kernel and was committed.
+    pub committed: bool,
+    pub changes: Changes,
+    /// The transaction as an nft script (with `dry_run` or `script`).
+    pub script: String,
+    /// Planning + encoding time, and time from sendmsg to the kernel's answer.
+    pub encode_time: Duration,
+    pub kernel_time: Duration,
+}
+
+/// What the kernel holds, as last applied by this applier.
+struct Applied {
+    ruleset: Ruleset,
+    /// Marker (with nonce) of each table of `ruleset`, in order.
+    markers: Vec<Vec<u8>>,
+    /// The generation right after our commit.
+    genid: u32,
+    /// No commit by anyone else can have touched svcc's tables since ours unseen: the event
+    /// monitor was listening throughout and the post-commit generation was ours + 1.
+    clean: bool,
+}
+
+pub struct Applier {
+    conn: Conn,
+    /// nf_tables events; None if it could not be opened (then only an unchanged generation
+    /// proves the kernel still holds what we applied).
+    monitor: Option<Monitor>,
+    applied: Option<Applied>,
+}
+
+fn new_marker() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's random source; two of them give 128 random bits.
+    let mut m = MARKER_MAGIC.to_vec();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        m.extend_from_slice(&h.finish().to_be_bytes());
+    }
+    m
+}
+
+/// svcc's marker in a table's user data, if any.
+fn marker_of(udata: &[u8]) -> Option<Vec<u8>> {
+    nl::udata(udata)
+        .find(|(t, _)| *t == UDATA_TABLE_SVCC)
+        .map(|(_, v)| v.to_vec())
+}
+
+impl Applier {
+    /// Opens a netfilter netlink socket in the caller's current network namespace.
+    pub fn new() -> Result<Self, ApplyError> {
+        Ok(Applier {
+            conn: Conn::open().map_err(ApplyError::io("open socket"))?,
+            monitor: Monitor::open().ok(),
+            applied: None,
+        })
+    }
+
+    /// Forgets what this applier applied: the next apply is a full replace.
+    pub fn forget(&mut self) {
+        self.applied = None;
+    }
+
+    /// Makes the kernel hold `desired` in svcc's tables (and no other svcc table), in one
+    /// transaction: the difference from what this applier last applied when the kernel provably
+    /// still holds it, else a full replace.
+    pub fn apply(
+        &mut self,
+        desired: &Ruleset,
+        opts: &ApplyOptions,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.apply_cow(Cow::Borrowed(desired), opts)
+    }
+
+    /// [`apply`](Self::apply) taking the model by value: the applier keeps it as the state it
+    /// diffs against next time, without copying it (a one-shot `svcc apply` or `svcc run`).
+    pub fn apply_owned(
+        &mut self,
+        desired: Ruleset,
+        opts: &ApplyOptions,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.apply_cow(Cow::Owned(desired), opts)
+    }
+
+    fn apply_cow(
+        &mut self,
+        desired: Cow<'_, Ruleset>,
+        opts: &ApplyOptions,
+    ) -> Result<ApplyReport, ApplyError> {
+        for t in &desired.tables {
+            if !OWNED.contains(&(t.family, t.name.as_str())) {
+                return Err(ApplyError::NotOwned(format!(
+                    "{} {}",
+                    t.family.keyword(),
+                    t.name
+                )));
+            }
+        }
+        let mut redo: Option<&str> = None;
+        let mut retries = 0;
+        loop {
+            let t0 = Instant::now();
+            let genid = self
+                .conn
+                .genid()
+                .map_err(ApplyError::io("get generation id"))?;
+            // Commits by others since ours: did any touch svcc's tables?
+            if touched(&mut self.monitor)? {
+                if let Some(a) = self.applied.as_mut() {
+                    a.clean = false;
+                }
+            }
+            // Which owned tables exist, and whether they carry our markers.
+            let mut present = Vec::new();
+            let mut kernel_markers = Vec::new();
+            for (fam, name) in OWNED {
+                if let Some(ud) = self
+                    .conn
+                    .table_udata(family_code(fam), name)
+                    .map_err(ApplyError::io("get table"))?
+                {
+                    present.push((fam, name));
+                    kernel_markers.push(((fam, name), marker_of(&ud)));
+                }
+            }
+            let trusted = match &self.applied {
+                // With the monitor: no unseen change since our commit; without: no commit at all.
+                Some(a)
+                    if !opts.force_full
+                        && (a.clean || (self.monitor.is_none() && a.genid == genid)) =>
+                {
+                    let ours: Vec<_> = a
+                        .ruleset
+                        .tables
+                        .iter()
+                        .zip(&a.markers)
+                        .map(|(t, m)| ((t.family, t.name.as_str()), Some(m.clone())))
+                        .collect();
+                    // Same tables, each with the nonce we gave it (checked even when the
+                    // generation is unchanged: it costs two small round trips).
+                    ours == kernel_markers
+                }
+                _ => false,
+            };
+            let markers: Vec<Vec<u8>>;
+            let plan = match (&self.applied, trusted) {
+                (Some(a), true) => match plan::incremental(&a.ruleset, &desired) {
+                    Ok(p) => {
+                        markers = a.markers.clone();
+                        p
+                    }
+                    Err(why) => {
+                        markers = desired.tables.iter().map(|_| new_marker()).collect();
+                        plan::full(&desired, &markers, &present, format!("full replace: {why}"))
+                    }
+                },
+                (applied, _) => {
+                    markers = desired.tables.iter().map(|_| new_marker()).collect();
+                    let why = match (applied, opts.force_full) {
+                        (_, true) => "full replace: forced",
+                        (None, _) if redo.is_some() => redo.unwrap_or_default(),
+                        (None, _) => "full replace: first apply of this applier",
+                        (Some(a), _) if !a.clean && a.genid != genid => {
+                            "full replace: svcc's tables may have been changed by another program"
+                        }
+                        (Some(_), _) => "full replace: the kernel's svcc tables are not the ones this applier made",
+                    };
+                    plan::full(&desired, &markers, &present, why.into())
+                }
+            };
+            let mut plan = plan;
+            if opts.inject_invalid {
+                inject(&mut plan, &desired);
+            }
+            let mut report = ApplyReport {
+                full: plan.full,
+                reason: plan.reason.clone(),
+                generation: genid,
+                retries,
+                changes: plan.changes(),
+                ..Default::default()
+            };
+            if opts.dry_run || opts.script {
+                report.script = plan.script();
+            }
+            if plan.ops.is_empty() {
+                report.reason = "no change".into();
+                report.encode_time = t0.elapsed();
+                return Ok(report);
+            }
+            let mut batch = Batch::new(self.conn.next_seq(1 << 24), genid);
+            encode(&mut batch, &plan, &desired)?;
+            report.messages = batch.messages;
+            report.bytes = batch.bytes();
+            report.encode_time = t0.elapsed();
+            if opts.dry_run {
+                return Ok(report);
+            }
+            if let Some(h) = &opts.before_commit {
+                h(retries);
+            }
+            let plan_full = plan.full;
+            let t1 = Instant::now();
+            let (outcome, after) = commit(&mut self.conn, &mut self.monitor, &mut batch)?;
+            report.kernel_time = t1.elapsed();
+            report.bytes = batch.bytes();
+            match outcome {
+                Outcome::Committed => {
+                    report.committed = true;
+                    // Events queued up to now: commits before ours (our diff assumed they left
+                    // svcc's tables alone) or after it. Either way the next apply must not trust
+                    // a difference; if ours was one, redo it as a full replace right away.
+                    let late = touched(&mut self.monitor)?;
+                    if late && !plan_full {
+                        self.applied = None;
+                        redo = Some("full replace: svcc's tables were changed by another program during the commit");
+                    } else {
+                        let clean =
+                            self.monitor.is_some() && !late && after == Some(genid.wrapping_add(1));
+                        drop(plan);
+                        self.applied = Some(Applied {
+                            ruleset: desired.into_owned(),
+                            markers,
+                            genid: after.unwrap_or(genid.wrapping_add(1)),
+                            clean,
+                        });
+                        return Ok(report);
+                    }
+                }
+                Outcome::Stale => {}
+                Outcome::Unknown => {
+                    // Committed or not, we cannot tell: reopen (drop the unread answer) and
+                    // make the next attempt a full replace, which is right either way.
+                    self.applied = None;
+                    self.conn = Conn::open().map_err(ApplyError::io("reopen socket"))?;
+                }
+                Outcome::Refused(acks) => {
+                    return Err(ApplyError::Refused(
+                        acks.iter().map(|a| refusal(&batch, &plan, a)).collect(),
+                    ));
+                }
+            }
+            retries += 1;
+            if retries > opts.max_retries {
+                return Err(ApplyError::TooManyRetries(retries - 1));
+            }
+        }
+    }
+
+    /// Deletes the tables `ip svcc` and `ip6 svcc` if present, in one guarded transaction;
+    /// touches nothing else.
+    pub fn cleanup(&mut self) -> Result<ApplyReport, ApplyError> {
+        let mut retries = 0;
+        loop {
+            let t0 = Instant::now();
+            let genid = self
+                .conn
+                .genid()
+                .map_err(ApplyError::io("get generation id"))?;
+            let mut ops = Vec::new();
+            for (fam, name) in OWNED {
+                if self
+                    .conn
+                    .table_udata(family_code(fam), name)
+                    .map_err(ApplyError::io("get table"))?
+                    .is_some()
+                {
+                    ops.push(Op::DelTable { fam, name });
+                }
+            }
+            let plan = Plan {
+                ops,
+                full: true,
+                reason: "cleanup".into(),
+            };
+            let mut report = ApplyReport {
+                full: true,
+                reason: "cleanup".into(),
+                generation: genid,
+                retries,
+                changes: plan.changes(),
+                script: plan.script(),
+                ..Default::default()
+            };
+            if plan.ops.is_empty() {
+                self.applied = None;
+                return Ok(report);
+            }
+            let mut batch = Batch::new(self.conn.next_seq(1 << 24), genid);
+            encode(&mut batch, &plan, &Ruleset::default())?;
+            report.messages = batch.messages;
+            report.encode_time = t0.elapsed();
+            let t1 = Instant::now();
+            let (outcome, _) = commit(&mut self.conn, &mut self.monitor, &mut batch)?;
+            report.kernel_time = t1.elapsed();
+            report.bytes = batch.bytes();
+            self.applied = None;
+            match outcome {
+                Outcome::Committed => {
+                    report.committed = true;
+                    return Ok(report);
+                }
+                Outcome::Stale => {}
+                Outcome::Unknown => {
+                    self.conn = Conn::open().map_err(ApplyError::io("reopen socket"))?
+                }
+                Outcome::Refused(acks) => {
+                    return Err(ApplyError::Refused(
+                        acks.iter().map(|a| refusal(&batch, &plan, a)).collect(),
+                    ));
+                }
+            }
+            retries += 1;
+            if retries > 5 {
+                return Err(ApplyError::TooManyRetries(retries - 1));
+            }
+        }
+    }
+}
+
+/// Whether events of others' commits touching svcc's tables were seen (or could have been
+/// missed) since the last drain.
+fn touched(monitor: &mut Option<Monitor>) -> Result<bool, ApplyError> {
+    let watched: Vec<(u8, &str)> = OWNED
+        .iter()
+        .map(|(f, n)| (family_code(*f) as u8, *n))
+        .collect();
+    match monitor.as_mut() {
+        Some(m) => m
+            .drain(&watched)
+            .map_err(ApplyError::io("read nf_tables events")),
+        None => Ok(true),
+    }
+}
+
+/// Sends the batch with the monitor deaf to our own commit's events.
+fn commit(
+    conn: &mut Conn,
+    monitor: &mut Option<Monitor>,
+    batch: &mut Batch,
+) -> Result<(Outcome, Option<u32>), ApplyError> {
+    let mut rejoin_failed = false;
+    if let Some(m) = monitor.as_mut() {
+        m.leave().map_err(ApplyError::io("leave event group"))?;
+    }
+    let r = conn.commit(batch, || {
+        if let Some(m) = monitor.as_mut() {
+            rejoin_failed = m.join().is_err();
+        }
+    });
+    if rejoin_failed {
+        *monitor = None;
+    }
+    r.map_err(ApplyError::io("send batch"))
+}
+
+/// Test hook: a rule jumping to a chain that does not exist, in the first chain of the first table.
+fn inject<'m>(plan: &mut Plan<'m>, desired: &'m Ruleset) {
+    let Some(t) = desired.tables.first() else {
+        return;
+    };
+    let Some(c) = t.chains.first() else { return };
+    let rule = Rule::new()
+        .v(Verdict::Jump(MISSING_CHAIN.into()))
+        .comment("svcc test hook: invalid object");
+    plan.ops.push(Op::Invalid {
+        fam: t.family,
+        table: &t.name,
+        chain: &c.name,
+        rule: Box::new(rule),
+    });
+}
+
+/// Encodes the plan's steps, in order, into the batch.
+/// Sets created in the batch so far (name -> id) and the next id, per table.
+/// Also the table's interval sets with concatenated keys (see `Enc::pipapo`).
+struct SetIds(HashMap<String, u32>, u32, std::collections::HashSet<String>);
+
+fn encode(batch: &mut Batch, plan: &Plan, desired: &Ruleset) -> Result<(), ApplyError> {
+    // Per table: the sets created in this batch (name -> id), and the next id.
+    let mut ids: HashMap<(Family, &str), SetIds> = HashMap::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let (fam, table) = op_table(op);
+        let st = ids.entry((fam, table)).or_insert_with(|| {
+            let pipapo = desired
+                .tables
+                .iter()
+                .filter(|t| t.family == fam && t.name == table)
+                .flat_map(|t| &t.sets)
+                .filter(|s| s.flags.interval && s.key.len() > 1)
+                .map(|s| s.name.clone())
+                .collect();
+            SetIds(HashMap::new(), 1, pipapo)
+        });
+        let mut enc = Enc::new(batch, fam, table).map_err(|r| invalid(op, r))?;
+        enc.new_sets = std::mem::take(&mut st.0);
+        enc.next_set_id = st.1;
+        enc.pipapo = std::mem::take(&mut st.2);
+        let r = match op {
+            Op::EnsureTable { .. } => enc.ensure_table(i),
+            Op::DelTable { .. } => {
+                enc.new_sets.clear();
+                enc.del_table(i)
+            }
+            Op::AddTable { table, marker } => enc.add_table(table, marker, i),
+            Op::AddChain { chain, .. } => enc.add_chain(chain, i),
+            Op::FlushChain { chain, .. } => enc.flush_chain(&chain.name, i),
+            Op::DelChain { chain, .. } => enc.del_chain(&chain.name, i),
+            Op::AddSet { set, .. } => enc.add_set(set, i),
+            Op::AddElems { set, elems, .. } => enc.elements(set, elems, false, i),
+            Op::DelElems { set, elems, .. } => enc.elements(set, elems, true, i),
+            Op::AddRule { chain, rule, .. } => enc.add_rule(chain, rule, i),
+            Op::Invalid { chain, rule, .. } => enc.add_rule(chain, rule, i),
+        };
+        st.0 = std::mem::take(&mut enc.new_sets);
+        st.1 = enc.next_set_id;
+        st.2 = std::mem::take(&mut enc.pipapo);
+        r.map_err(|r| invalid(op, r))?;
+    }
+    Ok(())
+}
+
+fn op_table<'a>(op: &'a Op) -> (Family, &'a str) {
+    match op {
+        Op::EnsureTable { fam, name } | Op::DelTable { fam, name } => (*fam, name),
+        Op::AddTable { table, .. } => (table.family, &table.name),
+        Op::AddChain { fam, table, .. }
+        | Op::FlushChain { fam, table, .. }
+        | Op::DelChain { fam, table, .. }
+        | Op::AddSet { fam, table, .. }
+        | Op::AddElems { fam, table, .. }
+        | Op::DelElems { fam, table, .. }
+        | Op::AddRule { fam, table, .. }
+        | Op::Invalid { fam, table, .. } => (*fam, table),
+    }
+}
+
+fn invalid(op: &Op, reason: String) -> ApplyError {
+    ApplyError::Invalid {
+        object: op.describe(),
+        reason,
+    }
+}
+
+/// Maps a kernel error back to the plan step (and element) that caused it.
+fn refusal(batch: &Batch, plan: &Plan, ack: &nl::Ack) -> Refusal {
+    let mut reason = std::io::Error::from_raw_os_error(ack.errno).to_string();
+    if let Some(m) = &ack.msg {
+        reason.push_str(&format!(" ({m})"));
+    }
+    if ack.seq == batch.begin_seq {
+        return Refusal {
+            object: "the transaction as a whole (at commit)".into(),
+            comment: None,
+            element: None,
+            errno: ack.errno,
+            reason,
+        };
+    }
+    match batch
+        .sent(ack.seq)
+        .and_then(|s| plan.ops.get(s.op).map(|op| (s, op)))
+    {
+        Some((sent, op)) => {
+            let element = ack.offset.and_then(|off| {
+                // The element whose attribute starts at or before the offset, closest to it.
+                sent.elems
+                    .iter()
+                    .rev()
+                    .find(|(o, _)| *o <= off)
+                    .and_then(|(_, i)| op.element(*i))
+            });
+            Refusal {
+                object: op.describe(),
+                comment: op.comment().map(str::to_string),
+                element,
+                errno: ack.errno,
+                reason,
+            }
+        }
+        None => Refusal {
+            object: format!("message seq {} (unknown)", ack.seq),
+            comment: None,
+            element: None,
+            errno: ack.errno,
+            reason,
+        },
+    }
+}
