@@ -162,6 +162,84 @@ impl ServicePort {
             .iter()
             .any(|f| f.kind != FrontendKind::ClusterIp)
     }
+
+    /// Where this port's traffic goes — kube-proxy's per-service decisions in
+    /// `syncProxyRules`, made once here for every backend.
+    pub fn dispatch(&self) -> Dispatch {
+        let b = &self.backends;
+        let p = &self.policy;
+        let has_endpoints = b.has_any;
+        let uses_local = !b.local.is_empty() && (p.internal_local || p.external_local);
+        let has_internal = if p.internal_local {
+            !b.local.is_empty()
+        } else {
+            has_endpoints
+        };
+        let has_external = if p.external_local {
+            !b.local.is_empty()
+        } else {
+            has_endpoints
+        };
+        let filter = |has: bool| match (has_endpoints, has) {
+            (false, _) => Some(FilterVerdict::Reject),
+            (true, false) => Some(FilterVerdict::Drop),
+            (true, true) => None,
+        };
+        let chain = |local: bool| {
+            if local {
+                PolicyChain::Local
+            } else {
+                PolicyChain::Cluster
+            }
+        };
+        Dispatch {
+            has_endpoints,
+            uses_cluster: !b.cluster.is_empty(),
+            uses_local,
+            internal: has_internal.then_some(chain(p.internal_local)),
+            external: has_external.then_some(chain(p.external_local)),
+            uses_external_chain: has_endpoints && self.externally_accessible(),
+            internal_filter: filter(has_internal),
+            external_filter: filter(has_external),
+        }
+    }
+}
+
+/// Which endpoint set a policy sends traffic to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyChain {
+    Cluster,
+    Local,
+}
+
+/// What the filter hooks do with traffic that has nowhere to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterVerdict {
+    /// No endpoints at all.
+    Reject,
+    /// A Local policy without local endpoints.
+    Drop,
+}
+
+/// A service port's traffic plan (see [`ServicePort::dispatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatch {
+    /// Any usable endpoint anywhere.
+    pub has_endpoints: bool,
+    /// A chain picking among `backends.cluster` exists.
+    pub uses_cluster: bool,
+    /// A chain picking among `backends.local` exists.
+    pub uses_local: bool,
+    /// Where ClusterIP traffic goes (None: nowhere, see `internal_filter`).
+    pub internal: Option<PolicyChain>,
+    /// Where external traffic goes after the external chain (None: it falls through).
+    pub external: Option<PolicyChain>,
+    /// NodePort / external IP / LB traffic goes through an external chain.
+    pub uses_external_chain: bool,
+    /// REJECT or DROP for ClusterIP traffic with nowhere to go.
+    pub internal_filter: Option<FilterVerdict>,
+    /// REJECT or DROP for external traffic with nowhere to go.
+    pub external_filter: Option<FilterVerdict>,
 }
 
 fn ser_family<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {

@@ -284,22 +284,13 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
     let ext = port_chain("SVCC-EXT-", sp);
     let fw = port_chain("SVCC-FW-", sp);
 
-    let uses_cluster = !b.cluster.is_empty();
-    let uses_local = !b.local.is_empty() && (pol.internal_local || pol.external_local);
-    let has_endpoints = b.has_any;
-    let has_internal = if pol.internal_local {
-        !b.local.is_empty()
-    } else {
-        has_endpoints
+    let d = sp.dispatch();
+    let (uses_cluster, uses_local, has_endpoints) = (d.uses_cluster, d.uses_local, d.has_endpoints);
+    let policy_chain = |c: PolicyChain| match c {
+        PolicyChain::Cluster => &svc,
+        PolicyChain::Local => &svl,
     };
-    let has_external = if pol.external_local {
-        !b.local.is_empty()
-    } else {
-        has_endpoints
-    };
-    let internal_chain = if pol.internal_local { &svl } else { &svc };
-    let external_policy_chain = if pol.external_local { &svl } else { &svc };
-    let uses_ext = has_endpoints && sp.externally_accessible();
+    let uses_ext = d.uses_external_chain;
     let lb_ips: Vec<IpAddr> = sp
         .frontends
         .iter()
@@ -307,14 +298,12 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
         .filter_map(|x| x.addr)
         .collect();
     let uses_fw = has_endpoints && !lb_ips.is_empty() && !pol.source_ranges.is_empty();
-    let (internal_filter, external_filter) = if !has_endpoints {
-        (Some(Target::Reject), Some(Target::Reject))
-    } else {
-        (
-            (!has_internal).then_some(Target::Drop),
-            (!has_external).then_some(Target::Drop),
-        )
+    let target = |f: FilterVerdict| match f {
+        FilterVerdict::Reject => Target::Reject,
+        FilterVerdict::Drop => Target::Drop,
     };
+    let (internal_filter, external_filter) =
+        (d.internal_filter.map(target), d.external_filter.map(target));
     let pm = |port| IptMatch::Proto {
         proto,
         dport: Some(port),
@@ -341,7 +330,7 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
         match fe.kind {
             FrontendKind::ClusterIp => {
                 let a = fe.addr.expect("ClusterIP has an address");
-                if has_internal {
+                if let Some(internal_chain) = d.internal.map(policy_chain) {
                     let c = Some(format!("{spn} cluster IP"));
                     w.nat.push(rule(
                         SERVICES,
@@ -485,12 +474,12 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
                 ));
             }
         }
-        if has_external {
+        if let Some(c) = d.external {
             w.nat.push(rule(
                 &ext,
                 None,
                 vec![],
-                Target::Jump(external_policy_chain.clone()),
+                Target::Jump(policy_chain(c).clone()),
             ));
         }
     }

@@ -601,40 +601,20 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
     let local_chain = names::local_chain(&sp.name);
     let external_chain = names::external_chain(&sp.name);
 
-    let uses_cluster_chain = !b.cluster.is_empty();
-    let uses_local_chain = !b.local.is_empty() && (pol.internal_local || pol.external_local);
-    let has_endpoints = b.has_any;
-    let has_internal = if pol.internal_local {
-        !b.local.is_empty()
-    } else {
-        has_endpoints
+    let d = sp.dispatch();
+    let uses_cluster_chain = d.uses_cluster;
+    let uses_local_chain = d.uses_local;
+    let policy_chain = |c: PolicyChain| match c {
+        PolicyChain::Cluster => &cluster_chain,
+        PolicyChain::Local => &local_chain,
     };
-    let has_external = if pol.external_local {
-        !b.local.is_empty()
-    } else {
-        has_endpoints
+    let uses_external_chain = d.uses_external_chain;
+    let filter_verdict = |f: FilterVerdict| match f {
+        FilterVerdict::Reject => ElemData::Verdict(Verdict::Goto(names::REJECT_CHAIN.into())),
+        FilterVerdict::Drop => ElemData::Verdict(Verdict::Drop),
     };
-    let internal_target = if pol.internal_local {
-        &local_chain
-    } else {
-        &cluster_chain
-    };
-    let external_policy_target = if pol.external_local {
-        &local_chain
-    } else {
-        &cluster_chain
-    };
-    let uses_external_chain = has_endpoints && sp.externally_accessible();
-
-    let reject = ElemData::Verdict(Verdict::Goto(names::REJECT_CHAIN.into()));
-    let (internal_filter, external_filter) = if !has_endpoints {
-        (Some(reject.clone()), Some(reject))
-    } else {
-        (
-            (!has_internal).then_some(ElemData::Verdict(Verdict::Drop)),
-            (!has_external).then_some(ElemData::Verdict(Verdict::Drop)),
-        )
-    };
+    let internal_filter = d.internal_filter.map(filter_verdict);
+    let external_filter = d.external_filter.map(filter_verdict);
 
     if uses_cluster_chain {
         chains.push(Chain {
@@ -699,8 +679,8 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
                 );
             }
         }
-        if has_external {
-            rules.push(Rule::new().v(goto(external_policy_target)));
+        if let Some(c) = d.external {
+            rules.push(Rule::new().v(goto(policy_chain(c))));
         }
         chains.push(Chain {
             name: external_chain.clone(),
@@ -715,12 +695,12 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
             FrontendKind::ClusterIp => {
                 let a = fe.addr.expect("ClusterIP frontend has an address");
                 cluster_ips.push(a);
-                if has_internal {
+                if let Some(c) = d.internal {
                     sets[ix.service_ips].elements.push(elem3(
                         a,
                         proto,
                         fe.port,
-                        ElemData::Verdict(goto(internal_target)),
+                        ElemData::Verdict(goto(policy_chain(c))),
                         &spn,
                     ));
                 } else if let Some(v) = &internal_filter {
