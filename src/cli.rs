@@ -449,7 +449,11 @@ fn apply(c: ApplyCmd) -> Result<ExitCode> {
 
 fn apply_nft(rs: svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<ExitCode> {
     let mut a = Applier::new().context("opening the netlink socket")?;
-    let opts = ApplyOptions { dry_run, script: dry_run, ..Default::default() };
+    let opts = ApplyOptions {
+        dry_run,
+        script: dry_run,
+        ..Default::default()
+    };
     // `apply_owned`: the applier keeps the model as "last applied" without copying it.
     match a.apply_owned(rs, &opts) {
         Ok(r) => {
@@ -478,6 +482,27 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    // Compare with what the kernel holds (its listing, parsed back by the grammar), so that the
+    // difference is real even from a fresh process.
+    if let Some(current) = kernel_listing(&out.ruleset) {
+        let desired = svcc_grammar::normalize_for_compare(&out.ruleset);
+        match svcc_runtime::diff_script(&current, &desired) {
+            Ok(script) => {
+                let changes = script
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("add ") || l.starts_with("delete ") || l.starts_with("flush ")
+                    })
+                    .count();
+                print!("{script}");
+                eprintln!(
+                    "svcc: {changes} statement(s) to bring the kernel's svcc tables up to date"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(why) => eprintln!("svcc: apply would replace svcc's tables as a whole ({why})"),
+        }
+    }
     let mut a = Applier::new().context("opening the netlink socket")?;
     let opts = ApplyOptions {
         dry_run: true,
@@ -485,11 +510,42 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
         ..Default::default()
     };
     let r = a
-        .apply(&out.ruleset, &opts)
+        .apply_owned(out.ruleset, &opts)
         .context("computing the difference")?;
     print!("{}", r.script);
     eprintln!("{}", report_line(&r));
     Ok(ExitCode::SUCCESS)
+}
+
+/// svcc's tables as the kernel lists them (`nft list table`), normalised like a compiled model;
+/// None when nft is not there or a listing does not parse.
+fn kernel_listing(
+    desired: &svcc_compiler::nft::model::Ruleset,
+) -> Option<svcc_compiler::nft::model::Ruleset> {
+    let mut tables = Vec::new();
+    for t in &desired.tables {
+        let o = std::process::Command::new("nft")
+            .args(["list", "table", t.family.keyword(), &t.name])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            continue; // no such table: the difference creates it
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        match svcc_grammar::parse_nft_list(&text) {
+            Ok(rs) => tables.extend(rs.tables),
+            Err(e) => {
+                eprintln!(
+                    "svcc: cannot read the kernel's listing of table {} {}: {e}",
+                    t.family.keyword(),
+                    t.name
+                );
+                return None;
+            }
+        }
+    }
+    Some(svcc_compiler::nft::model::Ruleset { tables })
 }
 
 fn cleanup(c: CleanupCmd) -> Result<ExitCode> {

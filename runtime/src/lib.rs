@@ -36,3 +36,13 @@ mod model {
 pub use applier::{Applier, ApplyOptions, ApplyReport, BeforeCommit, OWNED};
 pub use error::{ApplyError, Refusal};
 pub use plan::{Changes, MISSING_CHAIN};
+
+/// The nft script that turns `old` into `new` the way an incremental apply would, or why only
+/// a full replace can (tables or sets added, removed or redefined). `svcc diff` uses it
+/// against the kernel's listing, so a fresh process can still show a real difference.
+pub fn diff_script(
+    old: &svcc_compiler::nft::model::Ruleset,
+    new: &svcc_compiler::nft::model::Ruleset,
+) -> Result<String, String> {
+    plan::incremental(old, new).map(|p| p.script())
+}
