@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 struct Netns(String);
 impl Netns {
     fn new() -> Netns {
-        let n = format!("svcc-cli-{}", std::process::id());
+        Netns::new_named("x")
+    }
+    fn new_named(tag: &str) -> Netns {
+        let n = format!("svcc-cli-{}-{tag}", std::process::id());
         assert!(Command::new("ip")
             .args(["netns", "add", &n])
             .status()
@@ -99,6 +102,77 @@ fn apply_diff_cleanup() {
         ns.ok("nft", &["list", "table", "inet", "firewall"]).0,
         foreign
     );
+}
+
+/// Removing a Service whose chains refer to each other (eTP=Local: `external-…` goes to
+/// `service-…`) is an incremental change the kernel accepts.
+#[test]
+fn removing_a_service_incrementally() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: not root: skipped");
+        return;
+    }
+    use svcc_compiler::{compile, CompileOptions, NodeSettings, Source};
+    use svcc_runtime::{Applier, ApplyOptions};
+    let ns = Netns::new_named("rm");
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/example/cluster.yaml"),
+    )
+    .unwrap();
+    let settings = NodeSettings {
+        hostname: "node-a".into(),
+        node_ips: vec!["192.168.0.2".parse().unwrap()],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    let all = compile(
+        &[Source {
+            name: "c.yaml".into(),
+            text: text.clone(),
+        }],
+        &settings,
+        CompileOptions::default(),
+    )
+    .unwrap();
+    // Without shop/web (the eTP=Local NodePort service) and its slices.
+    let without: String = text
+        .split("\n- ")
+        .filter(|item| !item.contains("name: web"))
+        .collect::<Vec<_>>()
+        .join("\n- ");
+    let fewer = compile(
+        &[Source {
+            name: "c.yaml".into(),
+            text: without,
+        }],
+        &settings,
+        CompileOptions::default(),
+    )
+    .unwrap();
+    assert!(fewer.ruleset.stats().chains < all.ruleset.stats().chains);
+    let path = format!("/run/netns/{}", ns.0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&path).unwrap();
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid netns fd changes only this thread.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let mut a = Applier::new().unwrap();
+            a.apply_owned(all.ruleset, &ApplyOptions::default())
+                .unwrap();
+            let r = a
+                .apply_owned(fewer.ruleset, &ApplyOptions::default())
+                .expect("incremental removal");
+            assert!(
+                !r.full && r.committed && r.changes.chains_deleted >= 3,
+                "{r:?}"
+            );
+        })
+        .join()
+        .unwrap();
+    });
+    let listing = ns.ok("nft", &["list", "table", "ip", "svcc"]).0;
+    assert!(!listing.contains("shop/web"), "{listing}");
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

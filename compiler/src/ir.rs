@@ -115,6 +115,9 @@ pub struct Backends {
     pub cluster: Vec<Backend>,
     /// Used for traffic with the Local policy (local ready, else local serving+terminating).
     pub local: Vec<Backend>,
+    /// `local` holds the serving+terminating fallback (no local endpoint is ready): health
+    /// checks then report no local endpoints, so load balancers drain the node.
+    pub local_fallback: bool,
     /// Any usable endpoint anywhere (decides REJECT vs DROP).
     pub has_any: bool,
     /// Every serving endpoint, for stale-conntrack cleanup.

@@ -1123,6 +1123,7 @@ fn categorize(
             .map(backend)
             .collect();
     } else if local_term {
+        out.local_fallback = true;
         out.local = eps
             .iter()
             .filter(|e| is_local(e) && e.serving && e.terminating)

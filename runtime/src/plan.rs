@@ -650,14 +650,26 @@ fn table_diff<'m>(ops: &mut Vec<Op<'m>>, old: &'m Table, new: &'m Table) {
         }
     }
     ops.extend(adds);
-    // 4. Removed chains last: nothing refers to them any more.
-    for c in &old.chains {
-        if !new_names.contains(c.name.as_str()) {
-            ops.push(Op::DelChain {
-                fam,
-                table: tn,
-                chain: c,
-            });
-        }
+    // 4. Removed chains last: no map element or kept chain refers to them any more, but they
+    // may refer to each other (an `external-…` chain `goto`s its `service-…` chain): flush
+    // them all first, or a delete in the wrong order is refused with EBUSY.
+    let removed: Vec<&Chain> = old
+        .chains
+        .iter()
+        .filter(|c| !new_names.contains(c.name.as_str()))
+        .collect();
+    for c in removed.iter().filter(|c| !c.rules.is_empty()) {
+        ops.push(Op::FlushChain {
+            fam,
+            table: tn,
+            chain: c,
+        });
+    }
+    for c in removed {
+        ops.push(Op::DelChain {
+            fam,
+            table: tn,
+            chain: c,
+        });
     }
 }

@@ -177,7 +177,9 @@ pub const RETRY: Duration = Duration::from_secs(1);
 struct Work {
     /// The IR of the last successful sync, not yet checked.
     ir: Option<Arc<Ir>>,
-    /// Check even if the UDP services look unchanged (periodic verification).
+    /// Check even if the UDP services look unchanged (periodic verification, or an IR was
+    /// replaced before the thread saw it: its state may have created entries the next does not
+    /// allow).
     force: bool,
     stop: bool,
 }
@@ -205,8 +207,8 @@ impl Reconciler {
     pub fn submit(&self, ir: Arc<Ir>, force: bool) {
         let (m, cv) = &*self.work;
         if let Ok(mut w) = m.lock() {
-            w.ir = Some(ir);
-            w.force |= force;
+            let dropped = w.ir.replace(ir).is_some();
+            w.force |= force || dropped;
             cv.notify_one();
         }
     }
@@ -249,7 +251,9 @@ fn reconcile_loop(work: &(Mutex<Work>, Condvar), shared: &Shared) {
                         if now >= *at {
                             break (ir.clone(), true);
                         }
-                        let Ok((g, _)) = cv.wait_timeout(w, *at - now) else { return };
+                        let Ok((g, _)) = cv.wait_timeout(w, *at - now) else {
+                            return;
+                        };
                         w = g;
                     }
                     None => {

@@ -230,13 +230,14 @@ impl Inputs {
                 }
             }
             hit = Some(match hidden {
-                // A hidden regular file (an editor's temp file): nothing to read.
-                Some((_, h)) if h == p && std::fs::metadata(p).is_ok_and(|m| m.is_file()) => {
-                    continue
-                }
-                // Hidden directory or symlink (ConfigMap `..data`), or gone: re-check the
-                // directory that holds it.
-                Some((dir, _)) => dir,
+                // A hidden directory, or symlink to one, appeared or changed (a ConfigMap's
+                // `..data` swap): re-check the directory that holds it (by stamps: only files
+                // that changed are read).
+                Some((dir, h)) if std::fs::metadata(&h).is_ok_and(|m| m.is_dir()) => dir,
+                // Anything else hidden: an editor's or writer's temp file, created, written,
+                // renamed away or removed; or a hidden directory removed (a ConfigMap's old
+                // `..2024_…`, after `..data` moved on). Nothing visible changed through it.
+                Some(_) => continue,
                 None => p.to_path_buf(),
             });
         }
@@ -357,8 +358,10 @@ impl Inputs {
     ) {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => {
+                // Directory events say "something in here changed": compare stamps, read only
+                // what changed (a file replaced by a rename has a new inode).
                 let mut visited = HashSet::new();
-                self.walk(p, &mut visited, force, seen, session, ch);
+                self.walk(p, &mut visited, false, seen, session, ch);
             }
             Ok(m) if m.is_file() && (explicit || is_manifest(p)) => {
                 seen.insert(p.to_path_buf());

@@ -17,7 +17,8 @@
 //!   touched svcc's tables since its last commit: if not, nothing is sent or listed (a few
 //!   netlink round trips); if so, it replaces the tables (drift repaired). Every other sync checks
 //!   the same way, so drift is repaired within syncPeriod at worst;
-//! - after a failed sync, again after max(minSyncPeriod, 1 s).
+//! - after a failed sync, again after max(minSyncPeriod, 1 s), as a full replace. (A refused
+//!   incremental transaction is redone at once as a full replace, within the same sync.)
 //!
 //! Bad input never stops the loop: invalid objects and unreadable files are logged once (file,
 //! line, object, field), counted, and left out; everything else is applied.
@@ -38,7 +39,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
 use svcc_compiler::ir::Ir;
-use svcc_compiler::nft::model::Ruleset;
 use svcc_compiler::session::Session;
 use svcc_compiler::{NodeSettings, Output};
 
@@ -139,13 +139,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         ct,
         shared,
         http,
-        compiled: None,
+        ir: None,
         logged: HashSet::new(),
         hc: BTreeMap::new(),
         last_sync: None,
         next_verify: now,
         retry_at: None,
-        syncs: 0,
+        full_next: false,
     };
     let sig = d.run(&rx);
     match sig {
@@ -167,8 +167,8 @@ struct Daemon {
     ct: conntrack::Reconciler,
     shared: Arc<Shared>,
     http: HttpServer,
-    /// The last compile: its IR (shared with the conntrack thread) and ruleset.
-    compiled: Option<(Arc<Ir>, Ruleset)>,
+    /// The IR last applied (shared with the conntrack thread); None before the first sync.
+    ir: Option<Arc<Ir>>,
     /// Diagnostics currently reported (their text), so each is logged once.
     logged: HashSet<String>,
     /// healthCheckNodePort answers last handed to the HTTP thread.
@@ -176,7 +176,8 @@ struct Daemon {
     last_sync: Option<Instant>,
     next_verify: Instant,
     retry_at: Option<Instant>,
-    syncs: u64,
+    /// The last sync failed: the next one replaces svcc's tables.
+    full_next: bool,
 }
 
 fn unix_now() -> f64 {
@@ -253,29 +254,50 @@ impl Daemon {
     fn sync(&mut self, verify: bool) {
         let t0 = Instant::now();
         self.last_sync = Some(t0);
-        self.retry_at = None;
-        self.syncs += 1;
-        let first = self.syncs == 1;
+        let retrying = self.retry_at.take().is_some();
+        let first = self.ir.is_none();
 
         let ch = self.inputs.refresh(&mut self.session, t0, verify);
         let read = t0.elapsed();
-        let t1 = Instant::now();
-        if ch.changed || self.compiled.is_none() {
-            let out = self.session.compile();
-            self.report_diagnostics(&out);
-            self.compiled = Some((Arc::new(out.ir), out.ruleset));
+        if !(ch.changed || verify || retrying || self.ir.is_none()) {
+            // Files were touched but their content is what the kernel already has.
+            tracing::debug!(target: "svcc::sync", "files touched, nothing changed");
+            return;
         }
+        // Compiled afresh every time (deterministic, so a verification with unchanged inputs
+        // gives the same ruleset); handed to the applier by value: it keeps it as the state it
+        // diffs against next time, without a copy.
+        let t1 = Instant::now();
+        let out = self.session.compile();
         let compile = t1.elapsed();
-        let (ir, ruleset) = self.compiled.as_ref().expect("compiled above");
+        self.report_diagnostics(&out);
+        let Output { ir, ruleset, .. } = out;
+        let stats = ruleset.stats();
+        let ir = Arc::new(ir);
         if first {
             tracing::info!("first sync: svcc's tables are replaced in one transaction; established connections keep their conntrack entries");
         }
-        let r = match self.applier.apply(ruleset, &ApplyOptions::default()) {
+        // A refused transaction is redone at once as a full replace (as kube-proxy forces a
+        // full sync after a failure): the replace is right whatever the kernel holds.
+        let full_first = std::mem::take(&mut self.full_next);
+        let opts = |force_full| ApplyOptions {
+            force_full,
+            ..Default::default()
+        };
+        let mut result = self.applier.apply_owned(ruleset, &opts(full_first));
+        if let (Err(e), false) = (&result, full_first) {
+            self.metrics(|m| m.sync_failures += 1);
+            tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
+            let again = self.session.compile().ruleset;
+            result = self.applier.apply_owned(again, &opts(true));
+        }
+        let r = match result {
             Ok(r) => r,
             Err(e) => {
                 let total = t0.elapsed();
                 let retry = self.retry_delay();
                 self.retry_at = Some(Instant::now() + retry);
+                self.full_next = true;
                 self.metrics(|m| {
                     m.sync_failures += 1;
                     m.sync_duration.observe(total.as_secs_f64());
@@ -290,9 +312,10 @@ impl Daemon {
                 return;
             }
         };
+        self.ir = Some(ir.clone());
 
         // Health-check node ports (answers follow the IR just applied).
-        let hc = health_checks(ir);
+        let hc = health_checks(&ir);
         if hc != self.hc {
             self.http.set_health_checks(hc.clone());
             self.hc = hc;
@@ -307,9 +330,8 @@ impl Daemon {
             SyncKind::Unchanged
         };
         let drift = !first && is_drift(&r);
-        let stats = ruleset.stats();
         let ports: usize = ir.families.iter().map(|f| f.service_ports.len()).sum();
-        let (no_local_int, no_local_ext) = no_local_endpoints(ir);
+        let (no_local_int, no_local_ext) = no_local_endpoints(&ir);
         let (files, unreadable) = (self.inputs.files(), self.inputs.unreadable());
         self.metrics(|m| {
             let secs = total.as_secs_f64();
@@ -345,7 +367,7 @@ impl Daemon {
             h.updated();
         }
         // Stale UDP conntrack entries: after the rules are in, on the reconciler's thread.
-        self.ct.submit(ir.clone(), verify);
+        self.ct.submit(ir, verify);
         if drift {
             tracing::warn!(target: "svcc::sync", reason = %r.reason, "svcc's tables were changed by another program: replaced them");
         }
@@ -442,7 +464,10 @@ pub fn health_checks(ir: &Ir) -> BTreeMap<u16, HcService> {
             if e.0 != sp.name.namespace || e.1 != sp.name.name {
                 continue; // two services claim one port: the first keeps it
             }
-            e.2.extend(sp.backends.local.iter().map(|b| (b.addr, b.port)));
+            // Like kube-proxy, only ready local endpoints count: terminating ones drain.
+            if !sp.backends.local_fallback {
+                e.2.extend(sp.backends.local.iter().map(|b| (b.addr, b.port)));
+            }
         }
     }
     eps.into_iter()
