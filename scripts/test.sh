@@ -8,9 +8,11 @@ scripts/setup.sh
 export INSTA_UPDATE=no
 # As root (CI), a flow test that cannot run is a failure, not a skip.
 [ "$(id -u)" = 0 ] && export SVCC_FLOW_REQUIRE=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 # Benches are built, not run (they measure; CI only proves they compile).
-cargo test --workspace --lib --bins --tests --examples
-cargo test --workspace --doc
+cargo test --workspace --lib --bins --tests --examples 2>&1 | tee "$log"
+cargo test --workspace --doc 2>&1 | tee -a "$log"
 cargo bench --workspace --no-run
 left=$(ip netns list 2>/dev/null | grep -E '^svcc' || true)
 if [ -n "$left" ]; then
@@ -18,3 +20,5 @@ if [ -n "$left" ]; then
   echo "$left" >&2
   exit 1
 fi
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
