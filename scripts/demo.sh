@@ -19,4 +19,7 @@ ip netns exec "$ns" nft -f "$out/svcc.nft"
 echo
 echo "Loaded into network namespace $ns; the kernel now holds:"
 ip netns exec "$ns" nft list tables
-echo "Packet-flow proof of these rules: cargo test --test flow -- example"
+echo
+echo "Packets through compiled rules (a fixture case, real TCP/UDP in network namespaces):"
+SVCC_FLOW_LOADERS=nft SVCC_FLOW_VERBOSE=1 cargo test --quiet --test flow -- clusterip-basic --nocapture 2>&1 \
+  | grep -vE '^(running|$)' || true
