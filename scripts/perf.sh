@@ -11,10 +11,13 @@ cargo build --release --quiet --bins --examples
 svcc=target/release/svcc
 gen=target/release/examples/gen-cluster
 work=$(mktemp -d)
-ns_list=()
-cleanup() { for n in "${ns_list[@]}"; do ip netns del "$n" 2>/dev/null || true; done; rm -rf "$work"; }
+# Every namespace made here is svcc-perf-<pid>-*: removed on exit, whatever happened.
+cleanup() {
+  for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^svcc-perf-$$-" || true); do ip netns del "$n" || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
-newns() { local n="svcc-perf-$$-$1"; ip netns add "$n"; ns_list+=("$n"); echo "$n"; }
+newns() { local n="svcc-perf-$$-$1"; ip netns add "$n"; echo "$n"; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[1]):.3f}')" "$1"; }
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.3f}')" "$1" "$2"; }
