@@ -478,10 +478,14 @@ fn apply_nft(rs: svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<Ex
 }
 
 fn diff(c: DiffCmd) -> Result<ExitCode> {
-    let (_, out) = match c.node.compile(&c.inputs)? {
+    let (settings, out) = match c.node.compile(&c.inputs)? {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    if settings.backend == Backend::Iptables {
+        eprintln!("svcc: diff compares nftables rulesets; for iptables, `svcc apply --backend iptables --dry-run` prints the restore input");
+        return Ok(ExitCode::from(EXIT_INPUT));
+    }
     // Compare with what the kernel holds (its listing, parsed back by the grammar), so that the
     // difference is real even from a fresh process.
     if let Some(current) = kernel_listing(&out.ruleset) {
