@@ -62,6 +62,9 @@ pub fn compile(
     let mut notes = Vec::new();
     let parsed = manifest::parse_sources(sources, &mut diags);
     let ir = lower::lower(&parsed, settings, &mut diags, &mut notes);
+    // The typed objects are the biggest thing alive: free them before building the model.
+    let skipped = parsed.skipped;
+    drop(parsed.objects);
     manifest::locate(&mut diags, sources);
     if !opts.keep_going && diags.iter().any(Diagnostic::is_error) {
         return Err(InputErrors(diags));
@@ -72,6 +75,6 @@ pub fn compile(
         ruleset,
         diagnostics: diags,
         notes,
-        skipped: parsed.skipped,
+        skipped,
     })
 }

@@ -60,7 +60,7 @@ pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed 
 fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
     let file: Arc<str> = Arc::from(src.name.as_str());
     if let Some(items) = split::list_items(&src.text) {
-        if let Some(parsed) = split::parse_items(&items, &file) {
+        if let Some(parsed) = split::parse_items(items, &file) {
             out.objects.extend(parsed.objects);
             out.skipped.extend(parsed.skipped);
             return;

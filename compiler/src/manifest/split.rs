@@ -61,27 +61,33 @@ pub(super) fn list_items(text: &str) -> Option<Vec<String>> {
 
 /// Parses the items on up to as many threads as there are cores; None when any item needs
 /// the general path (its diagnostics must be located in the original file).
-pub(super) fn parse_items(items: &[String], file: &Arc<str>) -> Option<Parsed> {
+pub(super) fn parse_items(items: Vec<String>, file: &Arc<str>) -> Option<Parsed> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8);
     let chunk = items.len().div_ceil(threads).max(1);
+    // Each thread owns its items and frees each one once read: the copies never pile up.
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(chunk).collect());
+    }
     let parts: Vec<Option<Parsed>> = std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
+        let handles: Vec<_> = chunks
+            .into_iter()
             .enumerate()
             .map(|(c, part)| {
                 s.spawn(move || {
                     let mut out = Parsed::default();
-                    for (j, text) in part.iter().enumerate() {
+                    for (j, text) in part.into_iter().enumerate() {
                         let origin = Origin {
                             file: file.clone(),
                             doc: 0,
                             base: vec![PathSeg::Key("items".into()), PathSeg::Index(c * chunk + j)],
                         };
                         let mut diags = Vec::new();
-                        let de = serde_yaml_ng::Deserializer::from_str(text);
+                        let de = serde_yaml_ng::Deserializer::from_str(&text);
                         if stream::parse_document(de, origin, &mut out, &mut diags).is_err()
                             || !diags.is_empty()
                         {
