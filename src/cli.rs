@@ -348,15 +348,21 @@ fn compile(c: CompileCmd) -> Result<ExitCode> {
     if c.emit == Emit::Nft && settings.backend == Backend::Iptables {
         return write_iptables(&out, c.output.as_deref());
     }
-    let text = match c.emit {
-        Emit::Nft => out.nft_text(),
-        Emit::Ir => serde_json::to_string_pretty(&out.ir).context("serialising the IR")? + "\n",
+    // Streamed: the ruleset of a big cluster is never one string in memory.
+    let write = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
+        match c.emit {
+            Emit::Nft => svcc_compiler::nft::render::write_replace(w, &out.ruleset),
+            Emit::Ir => {
+                serde_json::to_writer_pretty(&mut *w, &out.ir)?;
+                w.write_all(b"\n")
+            }
+        }
     };
     match &c.output {
-        Some(p) => inputs::write_atomic(p, &text)?,
+        Some(p) => inputs::write_atomic_with(p, write)?,
         None => {
-            let mut o = std::io::stdout().lock();
-            if let Err(e) = o.write_all(text.as_bytes()) {
+            let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+            if let Err(e) = write(&mut o).and_then(|_| o.flush()) {
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
                     bail!("writing standard output: {e}");
                 }

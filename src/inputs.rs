@@ -1,7 +1,7 @@
 //! Reading the user's inputs: manifest files, directories (recursively), `-` for stdin, and
 //! the KubeProxyConfiguration file. The compiler itself never touches the filesystem.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -72,6 +72,15 @@ pub fn hostname() -> String {
 
 /// Writes `text` to `path` atomically (a failed run leaves the previous file as it was).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(text.as_bytes()))
+}
+
+/// Writes to a temporary file beside `path`, then renames it over `path`: readers see the
+/// old file or the whole new one, never a part.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -80,7 +89,15 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
         ".{}.svcc-tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
     ));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    let result = std::fs::File::create(&tmp).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        write(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
