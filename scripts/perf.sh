@@ -101,16 +101,18 @@ cat >> docs/PERFORMANCE.md <<'MD'
 ## What the figures say (targets met and missed)
 
 - **(4) data plane — met.** nftables dispatch is one verdict-map lookup: the connection rate does
-  not fall with the number of services (differences between runs are noise, ±20 %). The iptables
+  not fall with the number of services (each figure is the median of three runs; single runs on
+  this 2-core VM vary by ±15 %, which is all the difference between 1 and 30k services). The iptables
   backend walks `SVCC-SERVICES` linearly (the measured service sorts last): 4× slower at 10k and
   11× at 30k, kube-proxy's published curve.
 - **(5) sets/maps — met.** 12 at every size (IPv6 services with ClientIP affinity are the one
   exception, see docs/ARCHITECTURE.md).
-- **(1) cold compile — time met, memory missed** (about 320 MiB for 200). The YAML is parsed
-  item by item on both cores (`compiler/src/manifest/split.rs`) straight into k8s-openapi types;
-  what remains is the typed objects of 110k endpoints, the IR, the model and the 20 MB rendered
-  text, all alive at once. Next steps: drop each object once lowered, render straight to the
-  output file.
+- **(1) cold compile — time met, memory just over** (≈ 210–230 MiB for 200). The YAML is parsed
+  item by item on both cores (`compiler/src/manifest/split.rs`) straight into k8s-openapi types,
+  each item's text freed once read; the typed objects are freed before the model is built; the
+  ruleset is streamed to its file. What remains at the peak is the input text and the typed
+  objects of 110k endpoints next to the IR being built: lowering object by object as they are
+  parsed would remove the rest.
 - **(2) full sync — time met, ratio missed** (about 0.5 of `nft -f`, not 1/3). `nft -f` and the
   netlink applier spend the same ≈1.2 s of kernel time on 124k rules in 15.7k chains; compile is
   ≈0.9 s more. One third needs fewer kernel objects per endpoint (a layout where endpoints are
