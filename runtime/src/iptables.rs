@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use svcc_compiler::iptables::build::PREFIX;
-use svcc_compiler::iptables::IptRuleset;
+use svcc_compiler::iptables::{IptJump, IptRuleset};
 use svcc_compiler::nft::model::Family;
 
 #[derive(Debug, thiserror::Error)]
@@ -246,56 +246,38 @@ impl IptApplier {
     }
 
     fn ensure_jumps(&self, rs: &IptRuleset) -> Result<usize, IptError> {
-        let bin = self.flavor.bin(rs.family, "");
         let mut n = 0;
         // Inserted at the top in reverse, so they end up in the declared order.
         for j in rs.jumps.iter().rev() {
-            let args = rs.jump_args(j);
-            let mut check = vec![
-                "-w".to_string(),
-                "-t".into(),
-                j.table.into(),
-                "-C".into(),
-                j.chain.into(),
-            ];
-            check.extend(args.iter().cloned());
-            if run(&bin, &check, None).is_ok() {
+            if self.jump(rs, j, "-C").is_ok() {
                 continue;
             }
-            let mut ins = vec![
-                "-w".to_string(),
-                "-t".into(),
-                j.table.into(),
-                "-I".into(),
-                j.chain.into(),
-            ];
-            ins.extend(args);
-            run(&bin, &ins, None)?;
+            self.jump(rs, j, "-I")?;
             n += 1;
         }
         Ok(n)
+    }
+
+    /// `iptables -w -t TABLE <op> CHAIN <jump rule>` (op: -C check, -I insert, -D delete).
+    fn jump(&self, rs: &IptRuleset, j: &IptJump, op: &str) -> Result<String, IptError> {
+        let mut args = vec![
+            "-w".to_string(),
+            "-t".into(),
+            j.table.into(),
+            op.into(),
+            j.chain.into(),
+        ];
+        args.extend(rs.jump_args(j));
+        run(&self.flavor.bin(rs.family, ""), &args, None)
     }
 
     /// Removes svcc's jump rules and chains, and nothing else.
     pub fn cleanup(&mut self, rulesets_for_jumps: &[IptRuleset]) -> Result<IptReport, IptError> {
         let mut rep = IptReport::default();
         for rs in rulesets_for_jumps {
-            let bin = self.flavor.bin(rs.family, "");
             for j in &rs.jumps {
-                let args = rs.jump_args(j);
-                loop {
-                    let mut del = vec![
-                        "-w".to_string(),
-                        "-t".into(),
-                        j.table.into(),
-                        "-D".into(),
-                        j.chain.into(),
-                    ];
-                    del.extend(args.iter().cloned());
-                    if run(&bin, &del, None).is_err() {
-                        break;
-                    }
-                }
+                // Delete every copy (someone may have inserted one twice).
+                while self.jump(rs, j, "-D").is_ok() {}
             }
             for t in ["nat", "filter"] {
                 let chains = existing_chains(self.flavor, rs.family, t)?;
