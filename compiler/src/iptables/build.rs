@@ -326,6 +326,10 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
         w.nat_chains.push(fw.clone());
     }
 
+    let no_endpoints = Some(format!(
+        "{spn} has no {}endpoints",
+        if has_endpoints { "local " } else { "" }
+    ));
     for fe in &sp.frontends {
         match fe.kind {
             FrontendKind::ClusterIp => {
@@ -356,10 +360,7 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
                             .push(rule(internal_chain, c, m, Target::Jump(CIP_MASQ.into())));
                     }
                 } else if let Some(t) = &internal_filter {
-                    let c = Some(format!(
-                        "{spn} has no {}endpoints",
-                        if has_endpoints { "local " } else { "" }
-                    ));
+                    let c = no_endpoints.clone();
                     w.filter
                         .push(rule(SERVICES, c, vec![pm(fe.port), dst(a)], t.clone()));
                 }
@@ -381,10 +382,7 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
                     ));
                 }
                 if let Some(t) = &external_filter {
-                    let c = Some(format!(
-                        "{spn} has no {}endpoints",
-                        if has_endpoints { "local " } else { "" }
-                    ));
+                    let c = no_endpoints.clone();
                     w.filter.push(rule(
                         EXTERNAL_SERVICES,
                         c,
@@ -411,10 +409,7 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
                     ));
                 }
                 if let Some(t) = &external_filter {
-                    let c = Some(format!(
-                        "{spn} has no {}endpoints",
-                        if has_endpoints { "local " } else { "" }
-                    ));
+                    let c = no_endpoints.clone();
                     w.filter.push(rule(
                         EXTERNAL_SERVICES,
                         c,
