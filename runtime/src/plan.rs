@@ -385,31 +385,13 @@ fn write_op(out: &mut String, op: &Op) -> std::fmt::Result {
             chain,
             rule,
             ..
-        } => {
-            writeln!(
-                out,
-                "add rule {} {} {} {}",
-                fam.keyword(),
-                table,
-                chain,
-                rule_text(*fam, rule)
-            )
-        }
+        } => add_rule_line(out, *fam, table, chain, rule),
         Op::Invalid {
             fam,
             table,
             chain,
             rule,
-        } => {
-            writeln!(
-                out,
-                "add rule {} {} {} {}",
-                fam.keyword(),
-                table,
-                chain,
-                rule_text(*fam, rule)
-            )
-        }
+        } => add_rule_line(out, *fam, table, chain, rule),
     }
 }
 
@@ -672,4 +654,21 @@ fn table_diff<'m>(ops: &mut Vec<Op<'m>>, old: &'m Table, new: &'m Table) {
             chain: c,
         });
     }
+}
+
+fn add_rule_line(
+    out: &mut String,
+    fam: Family,
+    table: &str,
+    chain: &str,
+    rule: &Rule,
+) -> std::fmt::Result {
+    writeln!(
+        out,
+        "add rule {} {} {} {}",
+        fam.keyword(),
+        table,
+        chain,
+        rule_text(fam, rule)
+    )
 }
