@@ -11,6 +11,8 @@
 //!   - rules with at least a match, a statement or a verdict (an empty rule prints nothing and
 //!     a lone `comment "…"` line is the chain's comment);
 //!   - elements whose values fit the set's declared types (the parser checks them);
+//!   - no integer ([`Value::Num`](svcc_compiler::nft::model::Value::Num)) in the data of an
+//!     `update` statement: it is untyped in the text and reads back as a port;
 //!   - no one-field address lookup `Match::Lookup { key: [Saddr] }`: it prints exactly like
 //!     `Match::Saddr { addr: AddrMatch::Set(_) }`, which is what the parser returns.
 //! * **`nft list table …` output** of such a ruleset after the kernel has it. nft prints some

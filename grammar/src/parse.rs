@@ -142,6 +142,8 @@ fn rule_name(r: &R) -> String {
             "a set attribute (`type`, `flags`, `timeout`, `size`, `comment`, `elements`)"
         }
         R::set_type => "`type`",
+        R::set_typeof | R::typeof_list => "`typeof`",
+        R::numgen_field => "`numgen random mod …`",
         R::type_list | R::data_type => {
             "a data type (ipv4_addr, ipv6_addr, inet_proto, inet_service)"
         }
@@ -296,6 +298,42 @@ fn type_list(p: Pair<R>) -> Vec<DataType> {
     p.into_inner().map(data_type).collect()
 }
 
+/// The types of a `typeof` declaration's expressions.
+fn typeof_list(p: Pair<R>) -> Res<Vec<DataType>> {
+    p.into_inner()
+        .map(|f| {
+            Ok(match f.as_rule() {
+                R::addr_field => match f.into_inner().next().unwrap().as_str() {
+                    "ip" => DataType::Ipv4Addr,
+                    _ => DataType::Ipv6Addr,
+                },
+                R::l4proto_field => DataType::InetProto,
+                R::dport_field => DataType::InetService,
+                R::numgen_field => {
+                    numgen_field(f)?;
+                    DataType::Integer
+                }
+                r => unreachable!("unexpected {r:?} in typeof"),
+            })
+        })
+        .collect()
+}
+
+/// `numgen random mod M [offset O]`.
+fn numgen_field(p: Pair<R>) -> Res<Field> {
+    let mut it = p.into_inner();
+    let m = it.next().unwrap();
+    let modulus = int::<u32>(&m, "numgen modulus")?;
+    if modulus == 0 {
+        return Err(error_at(&m, "numgen modulus 0"));
+    }
+    let offset = match it.next() {
+        Some(o) => int::<u32>(&o, "numgen offset")?,
+        None => 0,
+    };
+    Ok(Field::Numgen { modulus, offset })
+}
+
 fn set(p: Pair<R>) -> Res<Set> {
     let whole = p.clone();
     let mut it = p.into_inner();
@@ -316,6 +354,16 @@ fn set(p: Pair<R>) -> Res<Set> {
                     R::verdict_type => SetData::Verdict,
                     _ => SetData::Values(type_list(d)),
                 });
+                set_once(&mut ty, (key, data), &item, "the set type")?;
+            }
+            R::set_typeof => {
+                let mut ti = item.clone().into_inner();
+                let key = typeof_list(ti.next().unwrap())?;
+                let data = match ti.next() {
+                    Some(d) if d.as_rule() == R::verdict_type => Some(SetData::Verdict),
+                    Some(d) => Some(SetData::Values(typeof_list(d)?)),
+                    None => None,
+                };
                 set_once(&mut ty, (key, data), &item, "the set type")?;
             }
             R::set_flags => {
@@ -448,7 +496,11 @@ fn values(p: Pair<R>, types: &[DataType]) -> Res<Vec<Value>> {
     }
     let mut out = Vec::with_capacity(pairs.len());
     for (v, t) in pairs.into_iter().zip(types) {
-        let val = value(v.clone())?;
+        let val = if *t == DataType::Integer && v.as_rule() == R::port {
+            Value::Num(int::<u32>(&v, "integer")?)
+        } else {
+            value(v.clone())?
+        };
         let ok = matches!(
             (&val, t),
             (Value::Addr(IpAddr::V4(_)), DataType::Ipv4Addr)
@@ -457,6 +509,7 @@ fn values(p: Pair<R>, types: &[DataType]) -> Res<Vec<Value>> {
                 | (Value::Prefix(IpNet::V6(_)), DataType::Ipv6Addr)
                 | (Value::Proto(_), DataType::InetProto)
                 | (Value::Port(_), DataType::InetService)
+                | (Value::Num(_), DataType::Integer)
         );
         if !ok {
             return Err(error_at(
@@ -714,6 +767,7 @@ fn key(p: Pair<R>, fam: Family) -> Res<(Vec<Field>, Option<L4Proto>)> {
                 }
                 fields.push(Field::Dport);
             }
+            R::numgen_field => fields.push(numgen_field(f)?),
             r => unreachable!("unexpected {r:?} in key"),
         }
     }

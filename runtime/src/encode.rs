@@ -55,7 +55,19 @@ const ICMP_PORT_UNREACH: u8 = 3;
 const ICMPV6_PORT_UNREACH: u8 = 4;
 const IP_CT_NEW_BIT: u32 = 1 << 3;
 const IPS_DST_NAT: u32 = 1 << 5;
+// nft's expression types and payload protocol/field ids, as its typeof user data names them.
+const EXPR_VERDICT: u32 = 1;
+const EXPR_PAYLOAD: u32 = 7;
+const EXPR_META: u32 = 9;
 const EXPR_CONCAT: u32 = 13;
+const EXPR_NUMGEN: u32 = 23;
+const PROTO_DESC_TH: u32 = 11;
+const PROTO_DESC_IP: u32 = 12;
+const PROTO_DESC_IP6: u32 = 13;
+const THDR_DPORT: u32 = 2;
+const IPHDR_DADDR: u32 = 12;
+const IP6HDR_DADDR: u32 = 9;
+const BYTEORDER_HOST_ENDIAN: u32 = 1;
 const BYTEORDER_BIG_ENDIAN: u32 = 2;
 // nftnl_udata types nft writes (libnftnl/udata.h).
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
@@ -143,6 +155,7 @@ fn type_id(t: DataType) -> u32 {
         DataType::Ipv6Addr => 8,
         DataType::InetProto => 12,
         DataType::InetService => 13,
+        DataType::Integer => 4,
     }
 }
 
@@ -162,14 +175,54 @@ fn pad4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// The set user data nft writes: byte orders, typeof hints for concatenations, comment.
+/// nft's typeof user data of one expression: its type and its own attributes.
+fn typeof_expr_udata(out: &mut Vec<u8>, t: DataType) {
+    let (expr, attrs): (u32, &[u32]) = match t {
+        DataType::Ipv4Addr => (EXPR_PAYLOAD, &[PROTO_DESC_IP, IPHDR_DADDR]),
+        DataType::Ipv6Addr => (EXPR_PAYLOAD, &[PROTO_DESC_IP6, IP6HDR_DADDR]),
+        DataType::InetProto => (EXPR_META, &[NFT_META_L4PROTO]),
+        DataType::InetService => (EXPR_PAYLOAD, &[PROTO_DESC_TH, THDR_DPORT]),
+        // numgen random (type 1), modulus 1, offset 0
+        DataType::Integer => (EXPR_NUMGEN, &[NFT_NG_RANDOM, 1, 0]),
+    };
+    put_udata(out, 0, &expr.to_ne_bytes());
+    let mut data = Vec::new();
+    for (i, a) in attrs.iter().enumerate() {
+        put_udata(&mut data, i as u8, &a.to_ne_bytes());
+    }
+    put_udata(out, 1, &data);
+}
+
+/// The typeof user data of a key or data declared with `typeof` (exprs as in
+/// [`DataType::typeof_expr`]); a concatenation lists its expressions in order.
+fn typeof_udata(ts: &[DataType]) -> Vec<u8> {
+    let mut u = Vec::new();
+    if let [t] = ts {
+        typeof_expr_udata(&mut u, *t);
+        return u;
+    }
+    put_udata(&mut u, 0, &EXPR_CONCAT.to_ne_bytes());
+    let mut list = Vec::new();
+    for (i, t) in ts.iter().enumerate() {
+        let mut one = Vec::new();
+        typeof_expr_udata(&mut one, *t);
+        put_udata(&mut list, i as u8, &one);
+    }
+    put_udata(&mut u, 1, &list);
+    u
+}
+
+/// The set user data nft writes: byte orders, typeof hints for concatenations (or the whole
+/// typeof declaration of a set that needs one, see [`Set::uses_typeof`]), comment.
 fn set_udata(st: &Set) -> Vec<u8> {
     let mut u = Vec::new();
+    let typeof_ = st.uses_typeof();
     let order = |ts: &[DataType]| -> u32 {
-        if ts.len() == 1 && ts[0] != DataType::InetProto {
-            BYTEORDER_BIG_ENDIAN
-        } else {
-            0
+        match ts {
+            // A typeof expression has its own byte order: numgen and meta are host order.
+            [DataType::Integer | DataType::InetProto] if typeof_ => BYTEORDER_HOST_ENDIAN,
+            [t] if *t != DataType::InetProto => BYTEORDER_BIG_ENDIAN,
+            _ => 0,
         }
     };
     put_udata(
@@ -190,12 +243,28 @@ fn set_udata(st: &Set) -> Vec<u8> {
         put_udata(&mut inner, 1, &[]);
         put_udata(u, ty, &inner);
     };
-    if st.key.len() > 1 {
-        concat_typeof(&mut u, UDATA_SET_KEY_TYPEOF);
-    }
-    if let Some(SetData::Values(v)) = &st.data {
-        if v.len() > 1 {
-            concat_typeof(&mut u, UDATA_SET_DATA_TYPEOF);
+    if typeof_ {
+        put_udata(&mut u, UDATA_SET_KEY_TYPEOF, &typeof_udata(&st.key));
+        match &st.data {
+            Some(SetData::Values(v)) => {
+                put_udata(&mut u, UDATA_SET_DATA_TYPEOF, &typeof_udata(v));
+            }
+            Some(SetData::Verdict) => {
+                let mut inner = Vec::new();
+                put_udata(&mut inner, 0, &EXPR_VERDICT.to_ne_bytes());
+                put_udata(&mut inner, 1, &[]);
+                put_udata(&mut u, UDATA_SET_DATA_TYPEOF, &inner);
+            }
+            None => {}
+        }
+    } else {
+        if st.key.len() > 1 {
+            concat_typeof(&mut u, UDATA_SET_KEY_TYPEOF);
+        }
+        if let Some(SetData::Values(v)) = &st.data {
+            if v.len() > 1 {
+                concat_typeof(&mut u, UDATA_SET_DATA_TYPEOF);
+            }
         }
     }
     if st.data.is_some() {
@@ -236,6 +305,7 @@ fn check_type(v: &Value, t: DataType, interval: bool) -> EncResult<()> {
             | (Value::Addr(IpAddr::V6(_)), DataType::Ipv6Addr)
             | (Value::Proto(_), DataType::InetProto)
             | (Value::Port(_), DataType::InetService)
+            | (Value::Num(_), DataType::Integer)
     ) || (interval
         && matches!(
             (v, t),
@@ -266,6 +336,8 @@ fn value_bytes(v: &Value, end: End) -> Val {
         },
         Value::Proto(p) => Val::of(&[p.number()]),
         Value::Port(p) => Val::of(&p.to_be_bytes()),
+        // numgen writes a host-endian u32.
+        Value::Num(n) => Val::of(&n.to_ne_bytes()),
     }
 }
 
@@ -705,6 +777,7 @@ impl<'b> Enc<'b> {
             Field::Saddr | Field::Daddr => self.addr_len(),
             Field::L4Proto => 1,
             Field::Dport => 2,
+            Field::Numgen { .. } => 4,
         }
     }
 
@@ -727,6 +800,7 @@ impl<'b> Enc<'b> {
             ),
             Field::L4Proto => meta_load(NFT_META_L4PROTO, dreg),
             Field::Dport => payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, dreg),
+            Field::Numgen { modulus, offset } => numgen(dreg, modulus, offset),
         }
     }
 
@@ -738,6 +812,9 @@ impl<'b> Enc<'b> {
         let pipapo = key.len() > 1 && self.pipapo.contains(set);
         let mut slot = 0;
         for f in key {
+            if matches!(f, Field::Numgen { modulus: 0, .. }) {
+                return Err("numgen modulus 0".into());
+            }
             o.add_expr(self.load(*f, reg(slot)));
             if pipapo && *f == Field::L4Proto {
                 // Range matching compares bytes: nft turns the host-order protocol number into
@@ -860,13 +937,7 @@ impl<'b> Enc<'b> {
                 if *modulus == 0 {
                     return Err("numgen modulus 0".into());
                 }
-                o.add_expr(
-                    Expr::new(c(b"numgen\0"))
-                        .u32(s::NFTNL_EXPR_NG_DREG, 1)
-                        .u32(s::NFTNL_EXPR_NG_MODULUS, *modulus)
-                        .u32(s::NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)
-                        .u32(s::NFTNL_EXPR_NG_OFFSET, 0),
-                );
+                o.add_expr(numgen(1, *modulus, 0));
                 // numgen writes a host-endian u32.
                 o.add_expr(cmp(NFT_CMP_EQ, &0u32.to_ne_bytes()));
             }
@@ -978,6 +1049,15 @@ impl<'b> Enc<'b> {
     }
 }
 
+/// `numgen random mod MODULUS offset OFFSET` into `dreg` (a host-endian u32).
+fn numgen(dreg: u32, modulus: u32, offset: u32) -> Expr {
+    Expr::new(c(b"numgen\0"))
+        .u32(s::NFTNL_EXPR_NG_DREG, dreg)
+        .u32(s::NFTNL_EXPR_NG_MODULUS, modulus)
+        .u32(s::NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)
+        .u32(s::NFTNL_EXPR_NG_OFFSET, offset)
+}
+
 fn payload(base: u32, offset: u32, len: u32, dreg: u32) -> Expr {
     Expr::new(c(b"payload\0"))
         .u32(s::NFTNL_EXPR_PAYLOAD_DREG, dreg)
@@ -1028,4 +1108,60 @@ fn verdict_expr(v: &Verdict) -> EncResult<Expr> {
         e = e.str(s::NFTNL_EXPR_IMM_CHAIN, &cstr(ch)?);
     }
     Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn endpoints(addr: DataType) -> Set {
+        Set {
+            name: "endpoints".into(),
+            key: vec![DataType::Integer, DataType::Integer],
+            data: Some(SetData::Values(vec![addr, DataType::InetService])),
+            flags: SetFlags::default(),
+            timeout: None,
+            size: None,
+            comment: Some("endpoints of each service port: id . slot -> address . port".into()),
+            elements: vec![],
+        }
+    }
+
+    /// The user data nft 1.0.6 sends for `typeof numgen random mod 1 . numgen random mod 1 :
+    /// ip daddr . th dport` (captured with strace from `nft -f`, on a little-endian host).
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn typeof_map_user_data_is_nfts() {
+        let comment = "endpoints of each service port: id . slot -> address . port";
+        let expected = |data: &str| {
+            let c: String = comment.bytes().map(|b| format!("{b:02x}")).collect();
+            hex(&[
+                "000400000000",
+                "010400000000",
+                "0340",
+                "00040d0000000138001a0004170000000112000401000000010401000000020400000000",
+                "011a0004170000000112000401000000010401000000020400000000",
+                "0434",
+                data,
+                "060400000000",
+                "073c",
+                &c,
+                "00",
+            ]
+            .concat())
+        };
+        let ip = "00040d000000012c0014000407000000010c00040c00000001040c000000\
+                  0114000407000000010c00040b000000010402000000";
+        let ip6 = "00040d000000012c0014000407000000010c00040d000000010409000000\
+                   0114000407000000010c00040b000000010402000000";
+        assert_eq!(set_udata(&endpoints(DataType::Ipv4Addr)), expected(ip));
+        assert_eq!(set_udata(&endpoints(DataType::Ipv6Addr)), expected(ip6));
+    }
 }

@@ -100,6 +100,29 @@ fn incremental_changes_are_small_and_exact() {
         normalize(&oracle_listing(&model, "ip"))
     );
 
+    // An endpoint is replaced by another (same count): elements only, no rule.
+    let t = &mut model.tables[0];
+    let eps = t.sets.iter_mut().find(|s| s.name == "endpoints").unwrap();
+    eps.elements[1].data = Some(ElemData::Values(vec![
+        Value::Addr(ip("10.81.0.1")),
+        Value::Port(9090),
+    ]));
+    let rep = ap.apply(&model, &opts()).unwrap();
+    assert_eq!(
+        (
+            rep.messages,
+            rep.changes.elements_added,
+            rep.changes.elements_deleted,
+            rep.changes.rules_added
+        ),
+        (2, 1, 1, 0),
+        "{rep:?}"
+    );
+    assert_eq!(
+        normalize(&ns.list_table("ip")),
+        normalize(&oracle_listing(&model, "ip"))
+    );
+
     // A service goes away: its 2 elements and 3 chains (elements first: they refer to the
     // chain; the chains are flushed before they are deleted, as they may refer to each other).
     let gone = kube_model(4);

@@ -77,6 +77,10 @@ pub enum DataType {
     Ipv6Addr,
     InetProto,
     InetService,
+    /// A 32-bit integer in host byte order, as `numgen` yields it. nft has no `type` keyword
+    /// for it in a concatenation, so a set or map with such a component is declared with
+    /// `typeof` (see [`DataType::typeof_expr`]).
+    Integer,
 }
 
 impl DataType {
@@ -86,6 +90,17 @@ impl DataType {
             DataType::Ipv6Addr => "ipv6_addr",
             DataType::InetProto => "inet_proto",
             DataType::InetService => "inet_service",
+            DataType::Integer => "integer",
+        }
+    }
+    /// The expression a `typeof` declaration gives for this type (what nft prints back).
+    pub fn typeof_expr(self) -> &'static str {
+        match self {
+            DataType::Ipv4Addr => "ip daddr",
+            DataType::Ipv6Addr => "ip6 daddr",
+            DataType::InetProto => "meta l4proto",
+            DataType::InetService => "th dport",
+            DataType::Integer => "numgen random mod 1",
         }
     }
     /// Width in bytes of the value in a set key (before the 4-byte register padding).
@@ -96,6 +111,7 @@ impl DataType {
             DataType::Ipv6Addr => 16,
             DataType::InetProto => 1,
             DataType::InetService => 2,
+            DataType::Integer => 4,
         }
     }
 }
@@ -136,6 +152,15 @@ impl Set {
     pub fn is_map(&self) -> bool {
         self.data.is_some()
     }
+    /// Declared with `typeof` rather than `type`: a key or data component is an
+    /// [`DataType::Integer`], which only `typeof` can say.
+    pub fn uses_typeof(&self) -> bool {
+        let data: &[DataType] = match &self.data {
+            Some(SetData::Values(v)) => v,
+            _ => &[],
+        };
+        self.key.iter().chain(data).any(|t| *t == DataType::Integer)
+    }
 }
 
 /// A literal value: one component of an element key or map value.
@@ -146,6 +171,8 @@ pub enum Value {
     Prefix(IpNet),
     Proto(L4Proto),
     Port(u16),
+    /// A 32-bit integer ([`DataType::Integer`]): an endpoint-map id or slot.
+    Num(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +276,11 @@ pub enum Field {
     L4Proto,
     /// `th dport`: the transport destination port, whatever the protocol.
     Dport,
+    /// `numgen random mod MODULUS [offset OFFSET]`: a random integer in
+    /// `OFFSET..OFFSET+MODULUS` (host byte order). With modulus 1 it is the constant OFFSET,
+    /// which is how a constant goes into a concatenated map key (nft 1.0.6 cannot type a
+    /// literal there).
+    Numgen { modulus: u32, offset: u32 },
 }
 
 /// Right-hand side of an address comparison.
@@ -298,7 +330,9 @@ pub enum Stmt {
     Masquerade { fully_random: bool },
     /// `dnat to ADDR:PORT` (terminal)
     Dnat { addr: IpAddr, port: u16 },
-    /// `dnat ip addr . port to KEY map @MAP` (terminal; breaks the rule on a miss)
+    /// `dnat ip addr . port to KEY map @MAP` (terminal; breaks the rule on a miss). The map
+    /// yields `address . port`; KEY is packet fields (`@affinity`) or numgen values
+    /// (`@endpoints`: `numgen random mod 1 offset ID . numgen random mod N`).
     DnatMap { key: Vec<Field>, map: String },
     /// `update @SET { KEY timeout Ns : DATA }`: refresh or add a dynamic element.
     Update {

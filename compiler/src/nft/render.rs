@@ -82,14 +82,16 @@ fn write_table_with(
 fn write_set(out: &mut String, fam: Family, s: &Set) -> fmt::Result {
     let kind = if s.is_map() { "map" } else { "set" };
     writeln!(out, "\n\t{kind} {} {{", s.name)?;
-    out.push_str("\t\ttype ");
-    write_types(out, &s.key);
+    // `typeof` only where `type` cannot say it (an integer component), as nft lists it back.
+    let typeof_ = s.uses_typeof();
+    out.push_str(if typeof_ { "\t\ttypeof " } else { "\t\ttype " });
+    write_types(out, &s.key, typeof_);
     match &s.data {
         None => {}
         Some(SetData::Verdict) => out.push_str(" : verdict"),
         Some(SetData::Values(v)) => {
             out.push_str(" : ");
-            write_types(out, v);
+            write_types(out, v, typeof_);
         }
     }
     out.push('\n');
@@ -144,12 +146,16 @@ fn write_set(out: &mut String, fam: Family, s: &Set) -> fmt::Result {
     Ok(())
 }
 
-fn write_types(out: &mut String, types: &[DataType]) {
+fn write_types(out: &mut String, types: &[DataType], typeof_: bool) {
     for (i, t) in types.iter().enumerate() {
         if i > 0 {
             out.push_str(" . ");
         }
-        out.push_str(t.keyword());
+        out.push_str(if typeof_ {
+            t.typeof_expr()
+        } else {
+            t.keyword()
+        });
     }
 }
 
@@ -168,6 +174,7 @@ fn write_value(out: &mut String, v: &Value) {
         Value::Prefix(p) => write!(out, "{p}"),
         Value::Proto(p) => write!(out, "{}", p.keyword()),
         Value::Port(p) => write!(out, "{p}"),
+        Value::Num(n) => write!(out, "{n}"),
     };
 }
 
@@ -227,15 +234,25 @@ fn write_rule(out: &mut String, fam: Family, r: &Rule) {
     }
 }
 
-pub fn field_text(fam: Family, f: Field) -> &'static str {
-    match (fam, f) {
+/// A packet field as nft writes it.
+pub fn write_field(out: &mut String, fam: Family, f: Field) {
+    let s = match (fam, f) {
         (Family::Ip, Field::Saddr) => "ip saddr",
         (Family::Ip, Field::Daddr) => "ip daddr",
         (Family::Ip6, Field::Saddr) => "ip6 saddr",
         (Family::Ip6, Field::Daddr) => "ip6 daddr",
         (_, Field::L4Proto) => "meta l4proto",
         (_, Field::Dport) => "th dport",
-    }
+        (_, Field::Numgen { modulus, offset }) => {
+            // nft omits a zero offset when it prints the rule back.
+            let _ = write!(out, "numgen random mod {modulus}");
+            if offset != 0 {
+                let _ = write!(out, " offset {offset}");
+            }
+            return;
+        }
+    };
+    out.push_str(s);
 }
 
 fn write_key(out: &mut String, fam: Family, key: &[Field]) {
@@ -243,12 +260,12 @@ fn write_key(out: &mut String, fam: Family, key: &[Field]) {
         if i > 0 {
             out.push_str(" . ");
         }
-        out.push_str(field_text(fam, *f));
+        write_field(out, fam, *f);
     }
 }
 
 fn write_addr_match(out: &mut String, fam: Family, field: Field, negate: bool, a: &AddrMatch) {
-    out.push_str(field_text(fam, field));
+    write_field(out, fam, field);
     out.push(' ');
     if negate {
         out.push_str("!= ");

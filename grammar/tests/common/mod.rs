@@ -220,6 +220,39 @@ pub fn sample(fam: Family) -> Ruleset {
         Some("apiserver"),
     )];
 
+    // The compiler's endpoint map: id . slot -> address . port, declared with typeof.
+    let mut endpoints = set(
+        "endpoints",
+        vec![DataType::Integer, DataType::Integer],
+        Some(SetData::Values(vec![addr_t, S])),
+    );
+    endpoints.comment = Some("endpoints of each service port: id . slot -> address . port".into());
+    let ep = |id: u32, slot: u32, addr: IpAddr, port: u16, c: Option<&str>| {
+        el(
+            vec![Value::Num(id), Value::Num(slot)],
+            Some(ElemData::Values(vec![Addr(addr), Port(port)])),
+            c,
+        )
+    };
+    endpoints.elements = vec![
+        ep(
+            305419896,
+            0,
+            a("10.1.0.5", "fd00:1::5"),
+            80,
+            Some("ns1/svc1:p80"),
+        ),
+        ep(
+            305419896,
+            1,
+            a("10.1.0.6", "fd00:1::6"),
+            8080,
+            Some("ns1/svc1:p80"),
+        ),
+        ep(0, 0, a("10.1.0.7", "::ffff:10.1.0.7"), 0, None),
+        ep(u32::MAX, 6, a("10.1.0.8", "fd00:1::8"), 65535, None),
+    ];
+
     let mut protos = set("protos", vec![P], None);
     protos.elements = vec![
         el(vec![Proto(tcp)], None, None),
@@ -396,6 +429,50 @@ pub fn sample(fam: Family) -> Ruleset {
             Rule::new().m(Match::L4Proto(tcp)).s(Stmt::Dnat {
                 addr: a("10.1.0.6", "fd00:1::6"),
                 port: 8080,
+            }),
+            // As the compiler picks endpoints: a constant id (mod 1) . a random slot.
+            Rule::new().m(Match::L4Proto(tcp)).s(Stmt::DnatMap {
+                key: vec![
+                    Field::Numgen {
+                        modulus: 1,
+                        offset: 305419896,
+                    },
+                    Field::Numgen {
+                        modulus: 2,
+                        offset: 0,
+                    },
+                ],
+                map: "endpoints".into(),
+            }),
+            // nft prints no `offset 0`
+            Rule::new()
+                .m(Match::L4Proto(udp))
+                .s(Stmt::DnatMap {
+                    key: vec![
+                        Field::Numgen {
+                            modulus: 1,
+                            offset: 0,
+                        },
+                        Field::Numgen {
+                            modulus: 1,
+                            offset: 0,
+                        },
+                    ],
+                    map: "endpoints".into(),
+                })
+                .comment("one endpoint"),
+            Rule::new().m(Match::L4Proto(sctp)).s(Stmt::DnatMap {
+                key: vec![
+                    Field::Numgen {
+                        modulus: 1,
+                        offset: u32::MAX,
+                    },
+                    Field::Numgen {
+                        modulus: 7,
+                        offset: 0,
+                    },
+                ],
+                map: "endpoints".into(),
             }),
         ],
     );
@@ -777,6 +854,7 @@ pub fn sample(fam: Family) -> Ruleset {
                 nodeports,
                 no_ep,
                 hairpin,
+                endpoints,
                 protos,
                 ports,
                 blocked,
@@ -904,7 +982,12 @@ pub fn gen_u32(r: &mut Rng) -> u32 {
 }
 
 fn gen_types(r: &mut Rng, fam: Family) -> Vec<DataType> {
-    let all = [fam.addr_type(), DataType::InetProto, DataType::InetService];
+    let all = [
+        fam.addr_type(),
+        DataType::InetProto,
+        DataType::InetService,
+        DataType::Integer,
+    ];
     (0..r.range(1, 3)).map(|_| *r.pick(&all)).collect()
 }
 
@@ -925,6 +1008,7 @@ pub fn gen_value(r: &mut Rng, fam: Family, t: DataType, interval: bool) -> Value
         }
         DataType::InetProto => Value::Proto(gen_proto(r)),
         DataType::InetService => Value::Port(gen_port(r)),
+        DataType::Integer => Value::Num(gen_u32(r)),
     }
 }
 
@@ -938,10 +1022,26 @@ fn gen_verdict(r: &mut Rng, chains: &[String]) -> Verdict {
     }
 }
 
+/// `numgen random mod M offset O` (M > 0).
+pub fn gen_numgen(r: &mut Rng) -> Field {
+    Field::Numgen {
+        modulus: gen_u32(r).max(1),
+        offset: gen_u32(r),
+    }
+}
+
 fn gen_fields(r: &mut Rng) -> Vec<Field> {
     let all = [Field::Saddr, Field::Daddr, Field::L4Proto, Field::Dport];
     let n = r.range(1, 4);
-    let mut v: Vec<Field> = (0..n).map(|_| *r.pick(&all)).collect();
+    let mut v: Vec<Field> = (0..n)
+        .map(|_| {
+            if r.chance(1, 6) {
+                gen_numgen(r)
+            } else {
+                *r.pick(&all)
+            }
+        })
+        .collect();
     // A one-field address key prints like an address match: see normalize_for_compare.
     if v.len() == 1 && matches!(v[0], Field::Saddr | Field::Daddr) {
         v.push(Field::Dport);
@@ -1127,11 +1227,13 @@ fn gen_rule(r: &mut Rng, fam: Family, sets: &[String], chains: &[String]) -> Rul
                     set: r.pick(sets).clone(),
                     key: gen_fields(r),
                     timeout: gen_u32(r),
+                    // Untyped in the text: an integer would read back as a port.
                     data: if r.chance(1, 2) {
                         vec![]
                     } else {
                         gen_types(r, fam)
                             .into_iter()
+                            .filter(|t| *t != DataType::Integer)
                             .map(|t| gen_value(r, fam, t, false))
                             .collect()
                     },
@@ -1163,6 +1265,20 @@ fn field_for(r: &mut Rng, t: DataType) -> Field {
     match t {
         DataType::InetProto => Field::L4Proto,
         DataType::InetService => Field::Dport,
+        // As the compiler keys @endpoints: a constant (mod 1) or a slot (mod N). The kernel
+        // refuses an offset + modulus - 1 past u32::MAX.
+        DataType::Integer => {
+            let modulus = if r.chance(1, 2) {
+                1
+            } else {
+                r.range(1, 64) as u32
+            };
+            let offset = if r.chance(1, 4) { 0 } else { gen_u32(r) };
+            Field::Numgen {
+                modulus,
+                offset: offset.min(u32::MAX - (modulus - 1)),
+            }
+        }
         _ => *r.pick(&[Field::Saddr, Field::Daddr]),
     }
 }
@@ -1193,6 +1309,12 @@ pub fn gen_loadable(r: &mut Rng, fam: Family) -> Ruleset {
         (vec![P, S], Some(SetData::Verdict), false),
         (vec![at, P, S], Some(SetData::Values(vec![at, S])), false),
         (vec![at, S], Some(SetData::Values(vec![at, S])), false),
+        // @endpoints: id . slot -> address . port (declared with typeof)
+        (
+            vec![DataType::Integer, DataType::Integer],
+            Some(SetData::Values(vec![at, S])),
+            false,
+        ),
         (vec![at, P, S], None, false),
         (vec![P], None, false),
         (vec![S], None, false),
@@ -1218,6 +1340,10 @@ pub fn gen_loadable(r: &mut Rng, fam: Family) -> Ruleset {
             },
             elements: Vec::new(),
         };
+        if s.uses_typeof() {
+            // The typeof description takes ~130 of the 256 bytes of set user data.
+            s.comment = s.comment.map(|c| c.chars().take(40).collect());
+        }
         let mut keys = BTreeSet::new();
         for j in 0..r.range(0, 12) {
             let k: Vec<Value> = if interval {

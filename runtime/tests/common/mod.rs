@@ -473,7 +473,52 @@ pub fn kube_table(fam: Family, services: usize, with_update: bool) -> Table {
     );
     rj.comment = Some("no endpoints".into());
     chains.push(rj);
-    t.sets = vec![svc_ips, no_ep, cluster, lb_src, ports, aff];
+    // The compiler's endpoint map (`id . slot -> address . port`, declared with typeof) and
+    // the rules that pick from it.
+    let mut eps = set(
+        "endpoints",
+        vec![DataType::Integer, DataType::Integer],
+        Some(SetData::Values(vec![
+            fam.addr_type(),
+            DataType::InetService,
+        ])),
+    );
+    eps.comment = Some("endpoints of each service port: id . slot -> address . port".into());
+    let mut pick = Vec::new();
+    for (k, (id, n, proto)) in [
+        (305_419_896u32, 3u32, L4Proto::Tcp),
+        (0, 1, L4Proto::Udp),
+        (u32::MAX, 2, L4Proto::Sctp),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for slot in 0..n {
+            eps.elements.push(elem(
+                vec![Value::Num(id), Value::Num(slot)],
+                Some(ElemData::Values(vec![
+                    Value::Addr(fa(fam, &format!("10.80.{k}.{slot}"))),
+                    Value::Port(8080 + slot as u16),
+                ])),
+                (slot == 0).then_some("ns/picked:http"),
+            ));
+        }
+        pick.push(Rule::new().m(Match::L4Proto(proto)).s(Stmt::DnatMap {
+            key: vec![
+                Field::Numgen {
+                    modulus: 1,
+                    offset: id,
+                },
+                Field::Numgen {
+                    modulus: n,
+                    offset: 0,
+                },
+            ],
+            map: "endpoints".into(),
+        }));
+    }
+    chains.push(chain("pick", pick));
+    t.sets = vec![svc_ips, no_ep, cluster, lb_src, ports, aff, eps];
     t.chains = chains;
     t
 }
