@@ -1,13 +1,18 @@
-//! The set/map count does not grow with the cluster: a 3,000-service cluster loaded into the
-//! kernel holds exactly as many sets and maps as a 100-service one (the layout's promise, and
-//! the reason loads stay linear). Real kernel, throwaway network namespace.
+//! No set or map per service or endpoint: a cluster loaded into the kernel holds the 12 fixed
+//! sets/maps plus its endpoint maps, one per 16 service ports at most (a power of two, at most
+//! 1,024: see `nft::build::endpoint_shards`), whatever its number of endpoints (the layout's
+//! promise, and the reason loads stay linear). Real kernel, throwaway network namespace.
 
 #[path = "../fixtures/gen/cluster.rs"]
 mod cluster;
 
 use std::process::Command;
 
+use svcc_compiler::nft::build::endpoint_shards;
 use svcc_compiler::{compile, CompileOptions, NodeSettings, Source};
+
+/// The fixed sets and maps of a table, endpoint maps aside.
+const FIXED_SETS: usize = 12;
 
 /// A network namespace removed on drop (also when the test panics).
 struct Netns(String);
@@ -41,10 +46,11 @@ impl Drop for Netns {
     }
 }
 
-fn kernel_set_count(services: usize) -> (usize, usize) {
+/// (sets + maps, chains, service ports) of a generated cluster loaded with `nft -f`.
+fn kernel_set_count(services: usize, endpoints_per_service: usize) -> (usize, usize, usize) {
     let text = cluster::generate(&cluster::GenOptions {
         services,
-        endpoints: services * 5,
+        endpoints: services * endpoints_per_service,
         ..Default::default()
     });
     let settings = NodeSettings {
@@ -62,6 +68,7 @@ fn kernel_set_count(services: usize) -> (usize, usize) {
         CompileOptions::default(),
     )
     .expect("generated cluster compiles");
+    let service_ports = out.ir.families[0].service_ports.len();
     let dir =
         std::env::temp_dir().join(format!("svcc-scale-{}-{services}.nft", std::process::id()));
     std::fs::write(&dir, out.nft_text()).unwrap();
@@ -77,24 +84,34 @@ fn kernel_set_count(services: usize) -> (usize, usize) {
         .lines()
         .filter(|l| l.trim_start().starts_with("chain "))
         .count();
-    (sets, chains)
+    (sets, chains, service_ports)
 }
 
 #[test]
-fn set_and_map_count_is_independent_of_cluster_size() {
+fn set_and_map_count_is_independent_of_endpoints_and_bounded() {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("note: not root: skipping the kernel scale check");
         return;
     }
-    let (small_sets, small_chains) = kernel_set_count(100);
-    let (big_sets, big_chains) = kernel_set_count(3000);
+    let (small_sets, small_chains, small_ports) = kernel_set_count(100, 5);
+    let (dense_sets, _, dense_ports) = kernel_set_count(100, 40);
+    let (big_sets, big_chains, big_ports) = kernel_set_count(3000, 5);
     assert!(
         big_chains > small_chains * 10,
         "the big cluster really is bigger ({small_chains} vs {big_chains} chains)"
     );
-    assert_eq!(
-        small_sets, big_sets,
-        "sets+maps: {small_sets} at 100 services, {big_sets} at 3,000"
-    );
-    assert!(big_sets <= 16, "at most 16 sets/maps, found {big_sets}");
+    // 8x the endpoints, (about) the same service ports: the same count.
+    for (sets, ports) in [
+        (small_sets, small_ports),
+        (dense_sets, dense_ports),
+        (big_sets, big_ports),
+    ] {
+        assert_eq!(
+            sets,
+            FIXED_SETS + endpoint_shards(ports),
+            "{ports} service ports: 12 fixed sets/maps + endpoint maps"
+        );
+        assert!(ports.div_ceil(16) <= endpoint_shards(ports));
+        assert!(endpoint_shards(ports) < ports.div_ceil(16) * 2);
+    }
 }

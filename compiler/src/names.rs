@@ -43,6 +43,32 @@ pub const AFFINITY: &str = "affinity";
 pub const HAIRPIN: &str = "hairpin";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
 pub const SERVICE_CIDRS: &str = "service-cidrs";
+/// `id . slot -> address . port`: the endpoints of every service port (see
+/// [`endpoint_id_seed`] and `nft::build::endpoint_ids`), when they fit in one map; else
+/// [`endpoints_map`] names its shards.
+pub const ENDPOINTS: &str = "endpoints";
+
+/// The most shards of the endpoints map (see `nft::build::endpoint_shards`).
+pub const MAX_ENDPOINT_SHARDS: usize = 1024;
+
+/// The name of shard `shard` of `shards` endpoint maps: [`ENDPOINTS`] alone, else
+/// `endpoints-<shard>`.
+pub fn endpoints_map(shard: usize, shards: usize) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    assert!(
+        shard < shards && shards <= MAX_ENDPOINT_SHARDS,
+        "shard {shard} of {shards}"
+    );
+    if shards == 1 {
+        return ENDPOINTS;
+    }
+    let names = NAMES.get_or_init(|| {
+        (0..MAX_ENDPOINT_SHARDS)
+            .map(|i| format!("{ENDPOINTS}-{i}"))
+            .collect()
+    });
+    &names[shard]
+}
 
 /// Room left for the `<prefix>-<HASH8>-` part within nft's 256-byte chain names, as kube-proxy.
 const CHAIN_NAME_BASE_MAX: usize = 240;
@@ -99,6 +125,40 @@ pub fn external_chain(spn: &ServicePortName) -> String {
     format!("external-{}", hash_and_truncate(&chain_base(spn)))
 }
 
+/// Which endpoints of a service port an endpoint-map id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointSet {
+    /// Cluster-policy endpoints (the `service-…` chain).
+    Cluster,
+    /// Local-policy endpoints (the `local-…` chain).
+    Local,
+}
+
+/// The preferred endpoint-map id of a service port's cluster or local endpoints: 32-bit
+/// FNV-1a of `ns/svc/proto/port/cluster` (or `/local`).
+///
+/// The id is written into the ruleset (`numgen random mod 1 offset ID` and the `@endpoints`
+/// keys) and must stay the same across releases, builds and processes so that an endpoint
+/// change only ever changes map elements. So it is a fixed, documented function of the names
+/// only, spelled out here (std's hashers are randomly seeded or unspecified across Rust
+/// versions). FNV-1a is enough: the input is not adversarial, and the rare collision is
+/// resolved by probing (`nft::build::endpoint_ids`).
+pub fn endpoint_id_seed(spn: &ServicePortName, which: EndpointSet) -> u32 {
+    const OFFSET_BASIS: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let suffix = match which {
+        EndpointSet::Cluster => "/cluster",
+        EndpointSet::Local => "/local",
+    };
+    let base = chain_base(spn);
+    let mut h = OFFSET_BASIS;
+    for b in base.bytes().chain(suffix.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +174,32 @@ mod tests {
             protocol: L4Proto::Tcp,
         };
         assert_eq!(cluster_chain(&spn), "service-ULMVA6XW-ns1/svc1/tcp/p80");
+    }
+
+    #[test]
+    fn endpoint_ids_are_fnv1a() {
+        // FNV-1a 32 of "ns1/svc1/tcp/p80/cluster" and ".../local", computed independently.
+        let spn = ServicePortName {
+            namespace: "ns1".into(),
+            name: "svc1".into(),
+            port: "p80".into(),
+            protocol: L4Proto::Tcp,
+        };
+        let fnv = |s: &str| {
+            s.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ b as u32).wrapping_mul(16_777_619)
+            })
+        };
+        assert_eq!(
+            endpoint_id_seed(&spn, EndpointSet::Cluster),
+            fnv("ns1/svc1/tcp/p80/cluster")
+        );
+        assert_eq!(
+            endpoint_id_seed(&spn, EndpointSet::Local),
+            fnv("ns1/svc1/tcp/p80/local")
+        );
+        // Pinned: a change here changes every deployed ruleset's ids.
+        assert_eq!(fnv("a"), 0xe40c_292c);
     }
 
     #[test]

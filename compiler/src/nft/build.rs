@@ -1,20 +1,25 @@
 //! The optimizer: IR → nft object model.
 //!
 //! Layout (see docs/ARCHITECTURE.md, "The nftables layout"): a fixed list of named sets and
-//! maps — never one per service or endpoint — so that loading stays linear in the number of
-//! services and per-packet dispatch is one verdict-map lookup whatever their number.
-//! Per service port there are at most three chains (cluster, local, external); endpoints are
-//! picked with `numgen random mod (n-i) == 0` rules that `dnat` directly (no endpoint chains,
-//! no anonymous vmaps). Hairpin, affinity and masquerade decisions each live in one shared
-//! set or map, consulted from one place.
+//! maps plus the endpoint maps (one per 16 service ports at most) — never one per service or
+//! endpoint — so that loading stays linear in the number of services and per-packet dispatch
+//! is one verdict-map lookup whatever their number. Per service port there are at most three
+//! chains (cluster, local, external); a cluster or local chain is one rule that DNATs to an
+//! element `ID . random slot` of an endpoint map, so an endpoint replaced by another changes
+//! map elements only (ClientIP affinity aside: per-endpoint rules). Hairpin, affinity and
+//! masquerade decisions each live in one shared set or map, consulted from one place.
+//!
+//! [`build`] is [`skeleton`] plus the [`service_port_parts`] of every service port (what an
+//! incremental writer can use piece by piece), with the ids of [`endpoint_ids`].
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::model::*;
 use crate::ir::*;
-use crate::names;
+use crate::names::{self, EndpointSet};
 
 /// Dynamic affinity entries per table (kube-proxy's per-endpoint sets default to 65535 each).
 pub const AFFINITY_SIZE: u32 = 1 << 20;
@@ -75,22 +80,103 @@ const DADDR_PROTO_PORT: [Field; 3] = [Field::Daddr, Field::L4Proto, Field::Dport
 const PROTO_PORT: [Field; 2] = [Field::L4Proto, Field::Dport];
 const AFFINITY_KEY: [Field; 4] = [Field::Saddr, Field::L4Proto, Field::Daddr, Field::Dport];
 
-/// Indexes into `Table::sets`, in declaration order.
-struct Sets {
-    cluster_ips: usize,
-    service_ips: usize,
-    service_nodeports: usize,
-    nodeport_ips: usize,
-    no_ep_services: usize,
-    no_ep_nodeports: usize,
-    firewall_ips: usize,
-    firewall_allow: usize,
-    hairpin: usize,
-    cluster_cidrs: usize,
-    service_cidrs: usize,
+/// Endpoint-map ids of the service ports of one family (stable: a function of the names).
+///
+/// Every service port has two ids, one for its cluster endpoints and one for its local
+/// endpoints, whether or not the chain is used, so that they never change when only
+/// endpoints change. An id is [`names::endpoint_id_seed`] (FNV-1a of the name), or on a
+/// collision the next free value (linear probing, service ports in sorted order, cluster
+/// before local): deterministic, and an unrelated service changes an existing id only if
+/// it collides with it (about n / 2^32).
+///
+/// The elements of id `i` live in endpoint map `i % shards` ([`EndpointIds::map`]); the
+/// number of shards is [`endpoint_shards`] of the number of service ports.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointIds {
+    ids: HashMap<ServicePortName, [u32; 2]>,
+    shards: usize,
 }
 
-fn build_table(f: &FamilyIr) -> Table {
+impl EndpointIds {
+    /// The id of `spn`'s cluster or local endpoints, if `spn` is a service port of the family.
+    pub fn get(&self, spn: &ServicePortName, which: EndpointSet) -> Option<u32> {
+        self.ids.get(spn).map(|ids| ids[which as usize])
+    }
+    /// How many endpoint maps the family has (at least 1).
+    pub fn shards(&self) -> usize {
+        self.shards.max(1)
+    }
+    /// The endpoint map holding the elements of `id`.
+    pub fn map(&self, id: u32) -> &'static str {
+        let k = self.shards();
+        names::endpoints_map(id as usize % k, k)
+    }
+    /// Every endpoint map, in declaration order.
+    pub fn maps(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let k = self.shards();
+        (0..k).map(move |i| names::endpoints_map(i, k))
+    }
+}
+
+/// Service ports per endpoint map, at most (below the cap of
+/// [`names::MAX_ENDPOINT_SHARDS`] maps).
+pub const SERVICE_PORTS_PER_ENDPOINT_MAP: usize = 16;
+
+/// How many endpoint maps (shards) a family with `service_ports` service ports has: the
+/// smallest power of two giving each at most [`SERVICE_PORTS_PER_ENDPOINT_MAP`] service
+/// ports, between 1 and [`names::MAX_ENDPOINT_SHARDS`].
+///
+/// Why not one map: every service chain's rule binds the map it looks up, and the kernel
+/// walks all elements of a map each time a chain binds it for the first time, and checks
+/// every binding of a map each time an element is added (nf_tables_bind_set,
+/// nft_add_set_elem): loading is O(bindings x elements) per map. One map for 10k services /
+/// 100k endpoints made `nft -f` take 186 s (kernel time), against 3-5 s for per-endpoint
+/// rules; maps of at most 16 service ports keep that term small and linear in the size of
+/// the cluster. A power of two, so that the count (and every map name) changes only when the
+/// number of service ports crosses 16 x 2^k.
+pub fn endpoint_shards(service_ports: usize) -> usize {
+    service_ports
+        .div_ceil(SERVICE_PORTS_PER_ENDPOINT_MAP)
+        .next_power_of_two()
+        .clamp(1, names::MAX_ENDPOINT_SHARDS)
+}
+
+pub fn endpoint_ids(f: &FamilyIr) -> EndpointIds {
+    let mut names: Vec<&ServicePortName> = f.service_ports.iter().map(|sp| &sp.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut used = HashSet::with_capacity(names.len() * 2);
+    let mut ids = HashMap::with_capacity(names.len());
+    let shards = endpoint_shards(names.len());
+    for spn in names {
+        let mut pair = [0; 2];
+        for which in [EndpointSet::Cluster, EndpointSet::Local] {
+            let mut id = names::endpoint_id_seed(spn, which);
+            while !used.insert(id) {
+                id = id.wrapping_add(1);
+            }
+            pair[which as usize] = id;
+        }
+        ids.insert(spn.clone(), pair);
+    }
+    EndpointIds { ids, shards }
+}
+
+/// What one service port adds to its family's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePortParts {
+    pub chains: Vec<Chain>,
+    /// (set or map name, element), for the fixed sets/maps; CLUSTER_IPS and HAIRPIN elements are
+    /// included once per service port (several service ports may add the same one).
+    pub elements: Vec<(&'static str, Element)>,
+    /// IPv6 per-endpoint affinity sets.
+    pub extra_sets: Vec<Set>,
+}
+
+/// The table of a family without any service port: the fixed sets and maps (holding only the
+/// node's own elements: cluster CIDRs, service CIDRs, NodePort addresses), the endpoint maps
+/// of `ids` (empty) and the fixed chains.
+pub fn skeleton(f: &FamilyIr, ids: &EndpointIds) -> Table {
     let fam = f.family;
     let addr = fam.addr_type();
     let mut sets = vec![
@@ -153,6 +239,16 @@ fn build_table(f: &FamilyIr) -> Table {
             s.size = Some(AFFINITY_SIZE);
             s
         },
+    ];
+    sets.extend(ids.maps().map(|name| {
+        set(
+            name,
+            vec![DataType::Integer, DataType::Integer],
+            Some(SetData::Values(vec![addr, DataType::InetService])),
+            "endpoints of each service port: id . slot -> address . port",
+        )
+    }));
+    sets.extend([
         set(
             names::HAIRPIN,
             vec![addr, addr],
@@ -179,94 +275,88 @@ fn build_table(f: &FamilyIr) -> Table {
             s.flags.interval = true;
             s
         },
-    ];
-    let ix = Sets {
-        cluster_ips: 0,
-        service_ips: 1,
-        service_nodeports: 2,
-        nodeport_ips: 3,
-        no_ep_services: 4,
-        no_ep_nodeports: 5,
-        firewall_ips: 6,
-        firewall_allow: 7,
-        hairpin: 9,
-        cluster_cidrs: 10,
-        service_cidrs: 11,
+    ]);
+    let plain = |key: Value| Element {
+        key: vec![key],
+        data: None,
+        comment: None,
     };
-
-    let has_detector = !f.cluster_cidrs.is_empty();
-    for c in &f.cluster_cidrs {
-        sets[ix.cluster_cidrs].elements.push(Element {
-            key: vec![Value::Prefix(*c)],
-            data: None,
-            comment: None,
-        });
-    }
-    for c in &f.service_cidrs {
-        sets[ix.service_cidrs].elements.push(Element {
-            key: vec![Value::Prefix(*c)],
-            data: None,
-            comment: None,
-        });
-    }
+    let mut fill = |name: &str, elems: Vec<Element>| {
+        let s = sets
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("a fixed set");
+        s.elements = elems;
+    };
+    fill(
+        names::CLUSTER_CIDRS,
+        f.cluster_cidrs
+            .iter()
+            .map(|c| plain(Value::Prefix(*c)))
+            .collect(),
+    );
+    fill(
+        names::SERVICE_CIDRS,
+        f.service_cidrs
+            .iter()
+            .map(|c| plain(Value::Prefix(*c)))
+            .collect(),
+    );
     if let NodePortAddrs::Addrs(a) = &f.node_ports_on {
-        for ip in a {
-            sets[ix.nodeport_ips].elements.push(Element {
-                key: vec![Value::Addr(*ip)],
-                data: None,
-                comment: None,
-            });
-        }
+        fill(
+            names::NODEPORT_IPS,
+            a.iter().map(|ip| plain(Value::Addr(*ip))).collect(),
+        );
     }
-
-    let mark = f.masquerade_mark;
-    let mut chains = base_chains(f, has_detector, mark);
-
-    let mut acc = Acc {
-        sets,
-        chains: Vec::new(),
-        cluster_ips: Vec::new(),
-        hairpin: Vec::new(),
-        extra_sets: Vec::new(),
-    };
-    for sp in &f.service_ports {
-        build_service_port(f, sp, &ix, &mut acc);
-    }
-    let Acc {
-        mut sets,
-        chains: service_chains,
-        mut cluster_ips,
-        mut hairpin,
-        extra_sets,
-    } = acc;
-    sets.extend(extra_sets);
-    cluster_ips.sort();
-    cluster_ips.dedup();
-    for ip in cluster_ips {
-        sets[ix.cluster_ips].elements.push(Element {
-            key: vec![Value::Addr(ip)],
-            data: None,
-            comment: None,
-        });
-    }
-    hairpin.sort();
-    hairpin.dedup();
-    for ip in hairpin {
-        sets[ix.hairpin].elements.push(Element {
-            key: vec![Value::Addr(ip), Value::Addr(ip)],
-            data: None,
-            comment: None,
-        });
-    }
-    chains.extend(service_chains);
-
+    let has_detector = !f.cluster_cidrs.is_empty();
     Table {
         family: fam,
         name: names::TABLE.into(),
         comment: comment(names::TABLE_COMMENT),
         sets,
-        chains,
+        chains: base_chains(f, has_detector, f.masquerade_mark),
     }
+}
+
+/// The skeleton plus the parts of every service port: chains and elements in service-port
+/// order, except `cluster-ips` and `hairpin` elements (deduplicated and sorted), and the
+/// IPv6 affinity sets after the fixed sets (deduplicated by name).
+fn build_table(f: &FamilyIr) -> Table {
+    let ids = endpoint_ids(f);
+    let mut t = skeleton(f, &ids);
+    let index: HashMap<String, usize> = t
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect();
+    let mut cluster_ips = Vec::new();
+    let mut hairpin = Vec::new();
+    let mut extra_sets: Vec<Set> = Vec::new();
+    let mut extra_names = HashSet::new();
+    for sp in &f.service_ports {
+        let parts = service_port_parts(f, sp, &ids);
+        t.chains.extend(parts.chains);
+        for (name, e) in parts.elements {
+            match name {
+                names::CLUSTER_IPS => cluster_ips.push(e),
+                names::HAIRPIN => hairpin.push(e),
+                _ => t.sets[index[name]].elements.push(e),
+            }
+        }
+        for s in parts.extra_sets {
+            if extra_names.insert(s.name.clone()) {
+                extra_sets.push(s);
+            }
+        }
+    }
+    for (name, mut elems) in [(names::CLUSTER_IPS, cluster_ips), (names::HAIRPIN, hairpin)] {
+        elems.sort_by(|a, b| a.key.cmp(&b.key));
+        elems.dedup_by(|a, b| a.key == b.key);
+        t.sets[index[name]].elements.extend(elems);
+    }
+    t.sets.extend(extra_sets);
+    t
 }
 
 fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
@@ -480,62 +570,100 @@ fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
     }
 }
 
-/// The rules of a chain that picks one of `eps` uniformly at random (and remembers the pick
-/// for ClientIP affinity).
+/// The rules of a chain that picks one of `eps` uniformly at random, and the elements of
+/// `@endpoints` they pick from.
 ///
-/// IPv6 affinity cannot use the shared `affinity` map: nft 1.0.6 fails to linearize a
-/// dynamic-map update whose concatenated key is wider than 16 bytes (an assertion in
-/// netlink_linearize.c), so IPv6 services with affinity use kube-proxy's layout instead, one
-/// dynamic set of clients per endpoint (`affinity6-…`), added to `extra_sets`.
+/// Without affinity: ONE rule, `meta l4proto P dnat … to numgen random mod 1 offset ID .
+/// numgen random mod N map @endpoints`, and the elements `ID . i : address . port`. So an
+/// endpoint replaced by another (same count) changes map elements only, never a rule; a
+/// count change changes that one rule. (nft 1.0.6 cannot type a literal inside a
+/// concatenated map key, hence the constant written as `numgen random mod 1 offset ID`;
+/// `meta l4proto` gives the NAT port its protocol.)
+///
+/// With ClientIP affinity: kube-proxy-like per-endpoint rules, as nft 1.0.6 cannot use a
+/// map lookup as the data of `update @affinity { … }`. The service chain first tries
+/// `dnat … map @affinity`; each endpoint rule `update`s it. IPv6 cannot use the shared
+/// `affinity` map either: nft 1.0.6 fails to linearize a dynamic-map update whose
+/// concatenated key is wider than 16 bytes (an assertion in netlink_linearize.c), so IPv6
+/// services with affinity use kube-proxy's layout, one dynamic set of clients per endpoint
+/// (`affinity6-…`), returned in `extra_sets`.
 fn endpoint_rules(
     fam: Family,
     sp: &ServicePort,
     eps: &[Backend],
+    id: u32,
+    map: &'static str,
+    elements: &mut Vec<(&'static str, Element)>,
     extra_sets: &mut Vec<Set>,
 ) -> Vec<Rule> {
+    let Some(t) = sp.policy.affinity_timeout else {
+        let spn = comment(sp.name.to_string());
+        elements.extend(eps.iter().enumerate().map(|(i, ep)| {
+            let e = Element {
+                key: vec![Value::Num(id), Value::Num(i as u32)],
+                data: Some(ElemData::Values(vec![
+                    Value::Addr(ep.addr),
+                    Value::Port(ep.port),
+                ])),
+                comment: spn.clone(),
+            };
+            (map, e)
+        }));
+        return vec![Rule::new().m(Match::L4Proto(sp.protocol)).s(Stmt::DnatMap {
+            key: vec![
+                Field::Numgen {
+                    modulus: 1,
+                    offset: id,
+                },
+                Field::Numgen {
+                    modulus: eps.len() as u32,
+                    offset: 0,
+                },
+            ],
+            map: map.into(),
+        })];
+    };
     let mut rules = Vec::with_capacity(eps.len() * 2 + 1);
     let per_endpoint_sets = fam == Family::Ip6;
     let affinity_set = |ep: &Backend| names::affinity6_set(&sp.name, &ep.to_string());
-    match sp.policy.affinity_timeout {
-        Some(t) if per_endpoint_sets => {
-            for ep in eps {
-                let name = affinity_set(ep);
-                if !extra_sets.iter().any(|s| s.name == name) {
-                    let mut s = set(
-                        &name,
-                        vec![fam.addr_type()],
-                        None,
-                        &format!("{} affinity to {ep}", sp.name),
-                    );
-                    s.flags.dynamic = true;
-                    s.flags.timeout = true;
-                    s.timeout = Some(t);
-                    extra_sets.push(s);
-                }
-                rules.push(
-                    Rule::new()
-                        .m(Match::Saddr {
-                            negate: false,
-                            addr: AddrMatch::Set(name),
-                        })
-                        .m(Match::L4Proto(sp.protocol))
-                        .s(Stmt::Dnat {
-                            addr: ep.addr,
-                            port: ep.port,
-                        })
-                        .comment(format!("session affinity: {ep}")),
+    if per_endpoint_sets {
+        for ep in eps {
+            let name = affinity_set(ep);
+            if !extra_sets.iter().any(|s| s.name == name) {
+                let mut s = set(
+                    &name,
+                    vec![fam.addr_type()],
+                    None,
+                    &format!("{} affinity to {ep}", sp.name),
                 );
+                s.flags.dynamic = true;
+                s.flags.timeout = true;
+                s.timeout = Some(t);
+                extra_sets.push(s);
             }
+            rules.push(
+                Rule::new()
+                    .m(Match::Saddr {
+                        negate: false,
+                        addr: AddrMatch::Set(name),
+                    })
+                    .m(Match::L4Proto(sp.protocol))
+                    .s(Stmt::Dnat {
+                        addr: ep.addr,
+                        port: ep.port,
+                    })
+                    .comment(format!("session affinity: {ep}")),
+            );
         }
-        Some(_) => rules.push(
+    } else {
+        rules.push(
             Rule::new()
                 .s(Stmt::DnatMap {
                     key: AFFINITY_KEY.to_vec(),
                     map: names::AFFINITY.into(),
                 })
                 .comment("session affinity: the endpoint this client used before"),
-        ),
-        None => {}
+        );
     }
     let n = eps.len();
     for (i, ep) in eps.iter().enumerate() {
@@ -545,23 +673,21 @@ fn endpoint_rules(
                 modulus: (n - i) as u32,
             });
         }
-        if let Some(t) = sp.policy.affinity_timeout {
-            r = if per_endpoint_sets {
-                r.s(Stmt::Update {
-                    set: affinity_set(ep),
-                    key: vec![Field::Saddr],
-                    timeout: t,
-                    data: vec![],
-                })
-            } else {
-                r.s(Stmt::Update {
-                    set: names::AFFINITY.into(),
-                    key: AFFINITY_KEY.to_vec(),
-                    timeout: t,
-                    data: vec![Value::Addr(ep.addr), Value::Port(ep.port)],
-                })
-            };
-        }
+        r = if per_endpoint_sets {
+            r.s(Stmt::Update {
+                set: affinity_set(ep),
+                key: vec![Field::Saddr],
+                timeout: t,
+                data: vec![],
+            })
+        } else {
+            r.s(Stmt::Update {
+                set: names::AFFINITY.into(),
+                key: AFFINITY_KEY.to_vec(),
+                timeout: t,
+                data: vec![Value::Addr(ep.addr), Value::Port(ep.port)],
+            })
+        };
         rules.push(
             r.s(Stmt::Dnat {
                 addr: ep.addr,
@@ -573,26 +699,20 @@ fn endpoint_rules(
     rules
 }
 
-/// What the service ports add to a table, gathered while building it.
-struct Acc {
-    /// The fixed sets and maps (indexed by [`Sets`]).
-    sets: Vec<Set>,
-    /// Per-service-port chains.
-    chains: Vec<Chain>,
-    cluster_ips: Vec<IpAddr>,
-    hairpin: Vec<IpAddr>,
-    /// IPv6 per-endpoint affinity sets (see [`endpoint_rules`]).
-    extra_sets: Vec<Set>,
-}
-
-fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) {
-    let Acc {
-        sets,
-        chains,
-        cluster_ips,
-        hairpin,
-        extra_sets,
-    } = acc;
+/// What `sp` adds to its family's table (see [`ServicePortParts`]); `ids` must be
+/// [`endpoint_ids`] of a family holding `sp` (what [`build`] uses).
+pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> ServicePortParts {
+    let mut chains = Vec::new();
+    let mut elements: Vec<(&'static str, Element)> = Vec::new();
+    let mut extra_sets = Vec::new();
+    let id = |which| {
+        ids.get(&sp.name, which).unwrap_or_else(|| {
+            panic!(
+                "no endpoint-map id for {}: ids must be endpoint_ids() of its family",
+                sp.name
+            )
+        })
+    };
     let spn = sp.name.to_string();
     let proto = sp.protocol;
     let b = &sp.backends;
@@ -617,24 +737,53 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
     let external_filter = d.external_filter.map(filter_verdict);
 
     if uses_cluster_chain {
+        let rules = endpoint_rules(
+            f.family,
+            sp,
+            &b.cluster,
+            id(EndpointSet::Cluster),
+            ids.map(id(EndpointSet::Cluster)),
+            &mut elements,
+            &mut extra_sets,
+        );
         chains.push(Chain {
             name: cluster_chain.clone(),
             base: None,
             comment: comment(format!("{spn} cluster endpoints")),
-            rules: endpoint_rules(f.family, sp, &b.cluster, extra_sets),
+            rules,
         });
     }
     if uses_local_chain {
+        let rules = endpoint_rules(
+            f.family,
+            sp,
+            &b.local,
+            id(EndpointSet::Local),
+            ids.map(id(EndpointSet::Local)),
+            &mut elements,
+            &mut extra_sets,
+        );
         chains.push(Chain {
             name: local_chain.clone(),
             base: None,
             comment: comment(format!("{spn} local endpoints")),
-            rules: endpoint_rules(f.family, sp, &b.local, extra_sets),
+            rules,
         });
     }
+    let mut hairpin: Vec<IpAddr> = Vec::new();
     for ep in b.cluster.iter().chain(b.local.iter()) {
-        hairpin.push(ep.addr);
+        if !hairpin.contains(&ep.addr) {
+            hairpin.push(ep.addr);
+        }
     }
+    elements.extend(hairpin.into_iter().map(|ip| {
+        let e = Element {
+            key: vec![Value::Addr(ip), Value::Addr(ip)],
+            data: None,
+            comment: None,
+        };
+        (names::HAIRPIN, e)
+    }));
     if uses_external_chain {
         let mut rules = Vec::new();
         if !pol.external_local {
@@ -690,56 +839,68 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
         });
     }
 
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
     for fe in &sp.frontends {
         match fe.kind {
             FrontendKind::ClusterIp => {
                 let a = fe.addr.expect("ClusterIP frontend has an address");
-                cluster_ips.push(a);
+                if !cluster_ips.contains(&a) {
+                    cluster_ips.push(a);
+                    let e = Element {
+                        key: vec![Value::Addr(a)],
+                        data: None,
+                        comment: None,
+                    };
+                    elements.push((names::CLUSTER_IPS, e));
+                }
                 if let Some(c) = d.internal {
-                    sets[ix.service_ips].elements.push(elem3(
-                        a,
-                        proto,
-                        fe.port,
-                        ElemData::Verdict(goto(policy_chain(c))),
-                        &spn,
+                    elements.push((
+                        names::SERVICE_IPS,
+                        elem3(
+                            a,
+                            proto,
+                            fe.port,
+                            ElemData::Verdict(goto(policy_chain(c))),
+                            &spn,
+                        ),
                     ));
                 } else if let Some(v) = &internal_filter {
-                    sets[ix.no_ep_services].elements.push(elem3(
-                        a,
-                        proto,
-                        fe.port,
-                        v.clone(),
-                        &spn,
+                    elements.push((
+                        names::NO_ENDPOINT_SERVICES,
+                        elem3(a, proto, fe.port, v.clone(), &spn),
                     ));
                 }
             }
             FrontendKind::ExternalIp | FrontendKind::LoadBalancer => {
                 let a = fe.addr.expect("external frontend has an address");
                 if uses_external_chain {
-                    sets[ix.service_ips].elements.push(elem3(
-                        a,
-                        proto,
-                        fe.port,
-                        ElemData::Verdict(goto(&external_chain)),
-                        &spn,
+                    elements.push((
+                        names::SERVICE_IPS,
+                        elem3(
+                            a,
+                            proto,
+                            fe.port,
+                            ElemData::Verdict(goto(&external_chain)),
+                            &spn,
+                        ),
                     ));
                 }
                 if let Some(v) = &external_filter {
-                    sets[ix.no_ep_services].elements.push(elem3(
-                        a,
-                        proto,
-                        fe.port,
-                        v.clone(),
-                        &spn,
+                    elements.push((
+                        names::NO_ENDPOINT_SERVICES,
+                        elem3(a, proto, fe.port, v.clone(), &spn),
                     ));
                 }
                 if fe.kind == FrontendKind::LoadBalancer && !pol.source_ranges.is_empty() {
                     let key3 = vec![Value::Addr(a), Value::Proto(proto), Value::Port(fe.port)];
-                    sets[ix.firewall_ips].elements.push(Element {
-                        key: key3.clone(),
-                        data: None,
-                        comment: comment(&spn),
-                    });
+                    elements.push((
+                        names::FIREWALL_IPS,
+                        Element {
+                            key: key3.clone(),
+                            data: None,
+                            comment: comment(&spn),
+                        },
+                    ));
                     let mut allowed: Vec<IpNet> = pol.source_ranges.clone();
                     if pol.allow_lb_ips_as_source {
                         allowed.extend(
@@ -754,28 +915,335 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
                     for r in IpNet::aggregate(&allowed) {
                         let mut k = key3.clone();
                         k.push(Value::Prefix(r));
-                        sets[ix.firewall_allow].elements.push(Element {
-                            key: k,
-                            data: None,
-                            comment: comment(&spn),
-                        });
+                        elements.push((
+                            names::FIREWALL_ALLOW,
+                            Element {
+                                key: k,
+                                data: None,
+                                comment: comment(&spn),
+                            },
+                        ));
                     }
                 }
             }
             FrontendKind::NodePort => {
                 if uses_external_chain {
-                    sets[ix.service_nodeports].elements.push(elem2(
-                        proto,
-                        fe.port,
-                        ElemData::Verdict(goto(&external_chain)),
-                        &spn,
+                    elements.push((
+                        names::SERVICE_NODEPORTS,
+                        elem2(
+                            proto,
+                            fe.port,
+                            ElemData::Verdict(goto(&external_chain)),
+                            &spn,
+                        ),
                     ));
                 }
                 if let Some(v) = &external_filter {
-                    sets[ix.no_ep_nodeports]
-                        .elements
-                        .push(elem2(proto, fe.port, v.clone(), &spn));
+                    elements.push((
+                        names::NO_ENDPOINT_NODEPORTS,
+                        elem2(proto, fe.port, v.clone(), &spn),
+                    ));
                 }
+            }
+        }
+    }
+    ServicePortParts {
+        chains,
+        elements,
+        extra_sets,
+    }
+}
+
+/// The synthetic cluster generator, for the tests.
+#[cfg(test)]
+#[path = "../../../fixtures/gen/cluster.rs"]
+mod gen;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CompileOptions, NodeSettings, Source};
+
+    use super::gen;
+
+    /// A generated cluster (both families, every feature of the generator) as IR.
+    fn ir(services: usize, endpoints: usize) -> Ir {
+        let text = gen::generate(&gen::GenOptions {
+            services,
+            endpoints,
+            nodes: 3,
+            dual_stack: true,
+            seed: 1,
+        });
+        let settings = NodeSettings {
+            hostname: "node-1".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+            cluster_cidrs: vec![
+                "10.128.0.0/9".parse().unwrap(),
+                "fd00:10:128::/64".parse().unwrap(),
+            ],
+            ..NodeSettings::default()
+        };
+        let src = Source {
+            name: "cluster.yaml".into(),
+            text,
+        };
+        crate::compile(&[src], &settings, CompileOptions::default())
+            .expect("the generated cluster compiles")
+            .ir
+    }
+
+    /// The documented assembly, written independently of `build_table`.
+    fn assembled(f: &FamilyIr) -> Table {
+        let ids = endpoint_ids(f);
+        let mut t = skeleton(f, &ids);
+        let mut dedup: HashMap<&str, Vec<Element>> = HashMap::new();
+        let mut extra: Vec<Set> = Vec::new();
+        for sp in &f.service_ports {
+            let p = service_port_parts(f, sp, &ids);
+            t.chains.extend(p.chains);
+            for (name, e) in p.elements {
+                if name == names::CLUSTER_IPS || name == names::HAIRPIN {
+                    dedup.entry(name).or_default().push(e);
+                } else {
+                    let s = t.sets.iter_mut().find(|s| s.name == name).unwrap();
+                    s.elements.push(e);
+                }
+            }
+            for s in p.extra_sets {
+                if !extra.iter().any(|x| x.name == s.name) {
+                    extra.push(s);
+                }
+            }
+        }
+        for (name, mut elems) in dedup {
+            elems.sort_by(|a, b| a.key.cmp(&b.key));
+            elems.dedup();
+            let s = t.sets.iter_mut().find(|s| s.name == name).unwrap();
+            s.elements.extend(elems);
+        }
+        t.sets.extend(extra);
+        t
+    }
+
+    #[test]
+    fn build_is_skeleton_plus_parts() {
+        for (services, endpoints) in [(0, 0), (3, 10), (40, 300), (700, 4000)] {
+            let ir = ir(services, endpoints);
+            let rs = build(&ir);
+            assert_eq!(rs.tables.len(), 2);
+            for (f, t) in ir.families.iter().zip(&rs.tables) {
+                assert_eq!(*t, assembled(f), "{services} services, {:?}", f.family);
+            }
+        }
+    }
+
+    #[test]
+    fn endpoint_maps_and_rules() {
+        let ir = ir(700, 4000);
+        for f in &ir.families {
+            let ids = endpoint_ids(f);
+            let t = build_table(f);
+            let maps: Vec<&str> = ids.maps().collect();
+            assert_eq!(maps.len(), endpoint_shards(f.service_ports.len()));
+            assert!(maps.len() > 1, "700 services need several maps");
+            // Every endpoint map is declared; every element sits in its id's map.
+            for m in &maps {
+                let s = t.set(m).expect("declared");
+                assert!(s.uses_typeof());
+                for e in &s.elements {
+                    let Value::Num(id) = e.key[0] else {
+                        panic!("{e:?}")
+                    };
+                    assert_eq!(ids.map(id), *m);
+                }
+            }
+            let mut dnat_rules = 0;
+            for sp in &f.service_ports {
+                let d = sp.dispatch();
+                for (used, which, eps, chain) in [
+                    (
+                        d.uses_cluster,
+                        EndpointSet::Cluster,
+                        &sp.backends.cluster,
+                        names::cluster_chain(&sp.name),
+                    ),
+                    (
+                        d.uses_local,
+                        EndpointSet::Local,
+                        &sp.backends.local,
+                        names::local_chain(&sp.name),
+                    ),
+                ] {
+                    if !used {
+                        continue;
+                    }
+                    let id = ids.get(&sp.name, which).unwrap();
+                    let c = t.chain(&chain).unwrap();
+                    let elems: Vec<&Element> = t
+                        .set(ids.map(id))
+                        .unwrap()
+                        .elements
+                        .iter()
+                        .filter(|e| e.key[0] == Value::Num(id))
+                        .collect();
+                    if sp.policy.affinity_timeout.is_some() {
+                        assert!(elems.is_empty());
+                        continue;
+                    }
+                    dnat_rules += 1;
+                    assert_eq!(
+                        c.rules,
+                        vec![Rule::new().m(Match::L4Proto(sp.protocol)).s(Stmt::DnatMap {
+                            key: vec![
+                                Field::Numgen {
+                                    modulus: 1,
+                                    offset: id
+                                },
+                                Field::Numgen {
+                                    modulus: eps.len() as u32,
+                                    offset: 0
+                                },
+                            ],
+                            map: ids.map(id).into(),
+                        })]
+                    );
+                    let want: Vec<Vec<Value>> = eps
+                        .iter()
+                        .map(|b| vec![Value::Addr(b.addr), Value::Port(b.port)])
+                        .collect();
+                    let got: Vec<Vec<Value>> = elems
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            assert_eq!(e.key, vec![Value::Num(id), Value::Num(i as u32)]);
+                            assert_eq!(e.comment.as_deref(), Some(&*sp.name.to_string()));
+                            match &e.data {
+                                Some(ElemData::Values(v)) => v.clone(),
+                                _ => panic!("{e:?}"),
+                            }
+                        })
+                        .collect();
+                    assert_eq!(got, want, "{}", sp.name);
+                }
+            }
+            assert!(dnat_rules > 500, "{dnat_rules}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_replaced_changes_elements_only() {
+        let ir = ir(40, 300);
+        let f = &ir.families[0];
+        let ids = endpoint_ids(f);
+        let mut moved = 0;
+        for sp in &f.service_ports {
+            if sp.backends.cluster.is_empty() || sp.policy.affinity_timeout.is_some() {
+                continue;
+            }
+            let before = service_port_parts(f, sp, &ids);
+            let mut sp2 = sp.clone();
+            let old = sp2.backends.cluster[0].addr;
+            let new: IpAddr = "10.250.0.1".parse().unwrap();
+            for b in sp2
+                .backends
+                .cluster
+                .iter_mut()
+                .chain(&mut sp2.backends.local)
+            {
+                if b.addr == old {
+                    b.addr = new;
+                }
+            }
+            let after = service_port_parts(f, &sp2, &ids);
+            assert_eq!(before.chains, after.chains, "{}", sp.name);
+            assert_eq!(before.extra_sets, after.extra_sets);
+            let changed: Vec<&str> = before
+                .elements
+                .iter()
+                .zip(&after.elements)
+                .filter(|(a, b)| a != b)
+                .map(|(a, _)| a.0)
+                .collect();
+            assert!(!changed.is_empty());
+            assert!(
+                changed
+                    .iter()
+                    .all(|m| *m == names::HAIRPIN || m.starts_with(names::ENDPOINTS)),
+                "{changed:?}"
+            );
+            moved += 1;
+        }
+        assert!(moved > 10);
+    }
+
+    #[test]
+    fn shard_counts() {
+        assert_eq!(endpoint_shards(0), 1);
+        assert_eq!(endpoint_shards(16), 1);
+        assert_eq!(endpoint_shards(17), 2);
+        assert_eq!(endpoint_shards(12_000), 1024);
+        assert_eq!(endpoint_shards(1_000_000), names::MAX_ENDPOINT_SHARDS);
+        assert_eq!(names::endpoints_map(0, 1), "endpoints");
+        assert_eq!(names::endpoints_map(5, 8), "endpoints-5");
+    }
+
+    fn spn(name: &str) -> ServicePortName {
+        ServicePortName {
+            namespace: "ns".into(),
+            name: name.into(),
+            port: "http".into(),
+            protocol: L4Proto::Tcp,
+        }
+    }
+
+    fn family_of(names: &[ServicePortName]) -> FamilyIr {
+        let sp = ir(1, 1).families[0].service_ports[0].clone();
+        let mut f = ir(0, 0).families.swap_remove(0);
+        let mut sps: Vec<ServicePort> = names
+            .iter()
+            .map(|n| ServicePort {
+                name: n.clone(),
+                ..sp.clone()
+            })
+            .collect();
+        sps.sort_by(|a, b| a.name.cmp(&b.name));
+        f.service_ports = sps;
+        f
+    }
+
+    #[test]
+    fn ids_are_stable_unique_and_probe_on_collision() {
+        // Two names whose cluster seeds collide (FNV-1a 32: found by search).
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        let (a, b) = (0..)
+            .find_map(|i| {
+                let n = format!("s{i}");
+                let h = names::endpoint_id_seed(&spn(&n), EndpointSet::Cluster);
+                seen.insert(h, n.clone()).map(|prev| (prev, n))
+            })
+            .unwrap();
+        let (a, b) = (spn(&a), spn(&b));
+        let seed = names::endpoint_id_seed(&a, EndpointSet::Cluster);
+        let ids = endpoint_ids(&family_of(&[a.clone(), b.clone()]));
+        let (first, second) = if a < b { (&a, &b) } else { (&b, &a) };
+        assert_eq!(ids.get(first, EndpointSet::Cluster), Some(seed));
+        assert_eq!(
+            ids.get(second, EndpointSet::Cluster),
+            Some(seed.wrapping_add(1))
+        );
+        // Unrelated services change nothing; the ids are a function of the names.
+        let base: Vec<ServicePortName> = (0..50).map(|i| spn(&format!("svc-{i}"))).collect();
+        let ids1 = endpoint_ids(&family_of(&base));
+        let mut more = base.clone();
+        more.extend((0..50).map(|i| spn(&format!("other-{i}"))));
+        let ids2 = endpoint_ids(&family_of(&more));
+        let mut all = HashSet::new();
+        for n in &base {
+            for w in [EndpointSet::Cluster, EndpointSet::Local] {
+                assert_eq!(ids1.get(n, w), Some(names::endpoint_id_seed(n, w)));
+                assert_eq!(ids1.get(n, w), ids2.get(n, w));
+                assert!(all.insert(ids1.get(n, w).unwrap()));
             }
         }
     }
