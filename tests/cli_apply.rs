@@ -86,12 +86,15 @@ fn apply_diff_cleanup() {
     std::fs::write(&moved, text.replace("10.244.2.11", "10.244.2.99")).unwrap();
     let (script, _) = ns.ok(svcc, &strs(&with("diff", moved.to_str().unwrap())));
     let _ = std::fs::remove_file(&moved);
+    // An endpoint replaced by another: map elements only, no rule, no chain.
     assert!(
-        script.contains("flush chain ip svcc service-KHN6ECMT-shop/web/tcp/http"),
+        script.contains("add element ip svcc endpoints {")
+            && script.contains(": 10.244.2.99 . 8080")
+            && script.contains("delete element ip svcc endpoints {"),
         "{script}"
     );
     assert!(
-        script.contains("dnat to 10.244.2.99:8080") && !script.contains("add table"),
+        !script.contains("chain") && !script.contains("rule") && !script.contains("add table"),
         "{script}"
     );
 
