@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -56,7 +57,7 @@ struct SvcPort {
 
 /// One endpoint of one service port, before categorisation.
 #[derive(Debug, Clone)]
-struct Ep {
+pub(crate) struct Ep {
     addr: IpAddr,
     port: u16,
     node: Option<String>,
@@ -68,7 +69,7 @@ struct Ep {
 }
 
 /// Endpoints of one Service keyed by (port name, protocol).
-type EpMap = BTreeMap<(String, L4Proto), Vec<Ep>>;
+pub(crate) type EpMap = BTreeMap<(String, L4Proto), Vec<Ep>>;
 
 /// Lowers every object of `parsed` (see [`lower_objects`]).
 pub fn lower(
@@ -87,6 +88,32 @@ pub fn lower_objects<'a>(
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
 ) -> Ir {
+    lower_tracked(objects, settings, diags, notes).0
+}
+
+/// `namespace`, `name` of a Service.
+pub(crate) type SvcKey = (String, String);
+
+/// What an incremental re-lowering of one Service's endpoints needs from the last full
+/// lowering (see [`crate::session`]).
+#[derive(Debug, Default)]
+pub(crate) struct Tracking {
+    /// The node's zone (from its Node object), for topology hints.
+    pub zone: Option<String>,
+    /// The Services that were lowered (valid, not duplicates, no clash).
+    pub services: std::collections::HashSet<SvcKey>,
+    /// The diagnostics (indexes into the `diags` given) about each Service's endpoint objects.
+    pub endpoint_diags: Vec<(SvcKey, std::ops::Range<usize>)>,
+}
+
+/// [`lower_objects`], also saying which diagnostics came from which Service's endpoints.
+pub(crate) fn lower_tracked<'a>(
+    objects: impl IntoIterator<Item = &'a (Origin, Object)>,
+    settings: &NodeSettings,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> (Ir, Tracking) {
+    let mut tracking = Tracking::default();
     let mut node_zone: Option<String> = None;
     let mut service_cidrs: Vec<IpNet> = settings.service_cidrs.clone();
     let mut services: Vec<Svc> = Vec::new();
@@ -238,15 +265,21 @@ pub fn lower_objects<'a>(
     let mut eps_by_svc: HashMap<(String, String), EpMap> = HashMap::new();
     for s in &services {
         let k = (s.namespace.clone(), s.name.clone());
-        let map = if let Some(list) = slices.get(&k) {
-            collect_slices(list, diags)
-        } else if let Some((origin, ep)) = legacy.get(&k) {
-            collect_legacy(origin, ep, diags)
-        } else {
-            EpMap::new()
-        };
+        let start = diags.len();
+        let map = service_endpoints(
+            slices.get(&k).map(Vec::as_slice).unwrap_or_default(),
+            legacy.get(&k).copied(),
+            diags,
+        );
+        if diags.len() > start {
+            tracking
+                .endpoint_diags
+                .push((k.clone(), start..diags.len()));
+        }
+        tracking.services.insert(k.clone());
         eps_by_svc.insert(k, map);
     }
+    tracking.zone = node_zone.clone();
 
     let mut fams = Vec::new();
     for fam in families {
@@ -401,18 +434,17 @@ pub fn lower_objects<'a>(
                     .source_ranges
                     .iter()
                     .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
-                let port_eps: Vec<Ep> = eps
-                    .get(&(p.name.clone(), p.protocol))
-                    .map(|v| v.iter().filter(|e| is_fam(&e.addr)).cloned().collect())
-                    .unwrap_or_default();
-                let backends = categorize(
-                    &port_eps,
+                let backends = port_backends(
+                    eps,
+                    &p.name,
+                    p.protocol,
+                    fam,
                     &policy,
                     externally_accessible,
                     &settings.hostname,
                     node_zone.as_deref(),
                 );
-                fir.service_ports.push(ServicePort {
+                fir.service_ports.push(Arc::new(ServicePort {
                     name,
                     provenance: Provenance {
                         file: s.origin.file.to_string(),
@@ -422,13 +454,52 @@ pub fn lower_objects<'a>(
                     frontends,
                     backends,
                     policy,
-                });
+                }));
             }
         }
         fir.service_ports.sort_by(|a, b| a.name.cmp(&b.name));
         fams.push(fir);
     }
-    Ir { families: fams }
+    (Ir { families: fams }, tracking)
+}
+
+/// The endpoints of one Service: from its EndpointSlices, else from its legacy Endpoints.
+pub(crate) fn service_endpoints(
+    slices: &[(&Origin, &EndpointSlice)],
+    legacy: Option<(&Origin, &Endpoints)>,
+    diags: &mut Vec<Diagnostic>,
+) -> EpMap {
+    if !slices.is_empty() {
+        collect_slices(slices, diags)
+    } else if let Some((origin, ep)) = legacy {
+        collect_legacy(origin, ep, diags)
+    } else {
+        EpMap::new()
+    }
+}
+
+/// The backends of one service port of one family (kube-proxy's `CategorizeEndpoints`).
+#[allow(clippy::too_many_arguments)] // the inputs of CategorizeEndpoints, each named
+pub(crate) fn port_backends(
+    eps: &EpMap,
+    port_name: &str,
+    protocol: L4Proto,
+    fam: Family,
+    policy: &Policy,
+    externally_accessible: bool,
+    hostname: &str,
+    zone: Option<&str>,
+) -> Backends {
+    let port_eps: Vec<Ep> = eps
+        .get(&(port_name.to_string(), protocol))
+        .map(|v| {
+            v.iter()
+                .filter(|e| Family::of(&e.addr) == fam)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    categorize(&port_eps, policy, externally_accessible, hostname, zone)
 }
 
 fn dedup_sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -1131,4 +1202,21 @@ fn categorize(
             .collect();
     }
     out
+}
+
+/// The Service an EndpointSlice (by its service-name label) or legacy Endpoints (by its name)
+/// belongs to; None for other objects and for unlabelled slices.
+pub(crate) fn endpoint_owner(obj: &Object) -> Option<SvcKey> {
+    let (meta, label) = match obj {
+        Object::EndpointSlice(es) => (&es.metadata, true),
+        Object::Endpoints(ep) => (&ep.metadata, false),
+        _ => return None,
+    };
+    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = if label {
+        meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone()
+    } else {
+        meta.name.clone().unwrap_or_default()
+    };
+    Some((ns, name))
 }

@@ -780,3 +780,72 @@ fn build_service_port(f: &FamilyIr, sp: &ServicePort, ix: &Sets, acc: &mut Acc) 
         }
     }
 }
+
+/// Endpoint-map ids of the service ports of one family (stable: a function of the names).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointIds {}
+
+pub fn endpoint_ids(_f: &FamilyIr) -> EndpointIds {
+    EndpointIds {}
+}
+
+/// What one service port adds to its family's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePortParts {
+    pub chains: Vec<Chain>,
+    /// (set or map name, element), for the fixed sets/maps; CLUSTER_IPS and HAIRPIN elements
+    /// are included once per service port (several service ports may add the same one).
+    pub elements: Vec<(&'static str, Element)>,
+    /// IPv6 per-endpoint affinity sets.
+    pub extra_sets: Vec<Set>,
+}
+
+pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, _ids: &EndpointIds) -> ServicePortParts {
+    const FIXED: [&str; 12] = [
+        names::CLUSTER_IPS,
+        names::SERVICE_IPS,
+        names::SERVICE_NODEPORTS,
+        names::NODEPORT_IPS,
+        names::NO_ENDPOINT_SERVICES,
+        names::NO_ENDPOINT_NODEPORTS,
+        names::FIREWALL_IPS,
+        names::FIREWALL_ALLOW,
+        names::AFFINITY,
+        names::HAIRPIN,
+        names::CLUSTER_CIDRS,
+        names::SERVICE_CIDRS,
+    ];
+    let empty = FamilyIr {
+        family: f.family,
+        node_ports_on: f.node_ports_on.clone(),
+        node_ips: f.node_ips.clone(),
+        cluster_cidrs: f.cluster_cidrs.clone(),
+        masquerade_all: f.masquerade_all,
+        masquerade_mark: f.masquerade_mark,
+        service_cidrs: f.service_cidrs.clone(),
+        service_ports: Vec::new(),
+    };
+    let skeleton = build_table(&empty);
+    let one = FamilyIr {
+        service_ports: vec![std::sync::Arc::new(sp.clone())],
+        ..empty
+    };
+    let mut t = build_table(&one);
+    let chains = t.chains.split_off(skeleton.chains.len());
+    let extra_sets = t.sets.split_off(skeleton.sets.len());
+    let mut elements = Vec::new();
+    for (s, k) in t.sets.into_iter().zip(&skeleton.sets) {
+        let name = FIXED.iter().find(|n| **n == s.name).expect("a fixed set");
+        elements.extend(
+            s.elements
+                .into_iter()
+                .skip(k.elements.len())
+                .map(|e| (*name, e)),
+        );
+    }
+    ServicePortParts {
+        chains,
+        elements,
+        extra_sets,
+    }
+}
