@@ -118,6 +118,10 @@ pub struct Applier {
     applied: Option<Applied>,
 }
 
+/// A table svcc owns, and the marker the kernel's copy carries (if any).
+type TableName = (Family, &'static str);
+type KernelMarker = (TableName, Option<Vec<u8>>);
+
 fn new_marker() -> Vec<u8> {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS's random source; two of them give 128 random bits.
@@ -426,16 +430,7 @@ impl Applier {
     }
 
     /// Which owned tables exist, and the marker each carries.
-    #[allow(clippy::type_complexity)]
-    fn kernel_tables(
-        &mut self,
-    ) -> Result<
-        (
-            Vec<(Family, &'static str)>,
-            Vec<((Family, &'static str), Option<Vec<u8>>)>,
-        ),
-        ApplyError,
-    > {
+    fn kernel_tables(&mut self) -> Result<(Vec<TableName>, Vec<KernelMarker>), ApplyError> {
         let mut present = Vec::new();
         let mut kernel_markers = Vec::new();
         for (fam, name) in OWNED {
@@ -452,12 +447,7 @@ impl Applier {
     }
 
     /// Whether the kernel provably holds what this applier last applied.
-    fn trusted(
-        &self,
-        genid: u32,
-        kernel_markers: &[((Family, &'static str), Option<Vec<u8>>)],
-        opts: &ApplyOptions,
-    ) -> bool {
+    fn trusted(&self, genid: u32, kernel_markers: &[KernelMarker], opts: &ApplyOptions) -> bool {
         match &self.applied {
             // With the monitor: no unseen change since our commit; without: no commit at all.
             Some(a)
