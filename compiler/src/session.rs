@@ -64,17 +64,14 @@ struct Compiled {
     notes: Vec<Note>,
 }
 
-/// What [`Session::compile_delta`] gives: the change, and the state it leads to.
+/// What [`Session::compile_delta`] gives. The state it leads to (IR, diagnostics) is read
+/// from the session afterwards ([`Session::ir`], [`Session::diagnostics`]): nothing here is
+/// proportional to the size of the cluster.
 #[derive(Debug)]
 pub struct Incremental {
     pub delta: Delta,
-    /// The IR after the change (cheap to clone: service ports are shared).
-    pub ir: Ir,
     /// Service ports whose backends changed.
     pub changed_ports: usize,
-    pub diagnostics: Vec<Diagnostic>,
-    pub notes: Vec<Note>,
-    pub skipped: Vec<Skipped>,
 }
 
 pub struct Session {
@@ -192,7 +189,7 @@ impl Session {
         let out = Output {
             ir: compiled.ir.clone(),
             ruleset,
-            diagnostics: self.diagnostics(&compiled),
+            diagnostics: self.all_diagnostics(&compiled),
             notes: compiled.notes.clone(),
             skipped: self.skipped(),
         };
@@ -210,16 +207,11 @@ impl Session {
             (Dirty::Endpoints(s), Some(_)) => s.clone(),
         };
         match self.relower(&changed) {
-            Ok(n) => {
+            Ok((changed_ports, delta)) => {
                 self.dirty = Dirty::Clean;
-                let c = self.compiled.as_ref().expect("compiled");
                 Some(Incremental {
-                    delta: n.1,
-                    ir: c.ir.clone(),
-                    changed_ports: n.0,
-                    diagnostics: self.diagnostics(c),
-                    notes: c.notes.clone(),
-                    skipped: self.skipped(),
+                    delta,
+                    changed_ports,
                 })
             }
             Err(_) => {
@@ -365,8 +357,26 @@ impl Session {
         manifest::locate(diags, &sources);
     }
 
+    /// The IR as of the last compile or delta (None before the first compile).
+    pub fn ir(&self) -> Option<&Ir> {
+        self.compiled.as_ref().map(|c| &c.ir)
+    }
+
+    /// Every diagnostic as of the last compile or delta, located.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        self.compiled
+            .as_ref()
+            .map(|c| self.all_diagnostics(c))
+            .unwrap_or_default()
+    }
+
+    /// Notes of the last compile.
+    pub fn notes(&self) -> &[Note] {
+        self.compiled.as_ref().map_or(&[], |c| &c.notes)
+    }
+
     /// Every diagnostic: parsing (per file), then lowering.
-    fn diagnostics(&self, c: &Compiled) -> Vec<Diagnostic> {
+    fn all_diagnostics(&self, c: &Compiled) -> Vec<Diagnostic> {
         self.files
             .values()
             .flat_map(|f| f.diags.iter())
@@ -675,7 +685,8 @@ spec:
             fresh.set_file(src("endpoints.yaml", &endpoints_file(step)));
             let full = fresh.compile();
             assert_eq!(normal(&model), normal(&full.ruleset), "step {step}");
-            assert_eq!(inc.ir, full.ir, "step {step}");
+            assert_eq!(s.ir(), Some(&full.ir), "step {step}");
+            assert_eq!(s.diagnostics(), full.diagnostics, "step {step}");
         }
     }
 

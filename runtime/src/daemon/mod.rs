@@ -283,13 +283,19 @@ impl Daemon {
                     .apply_delta(&inc.delta, &ApplyOptions::default())
                 {
                     Ok(Some(r)) => {
-                        self.report_diagnostics(&inc.diagnostics, &inc.notes);
+                        // The rules are in; the rest is bookkeeping (the IR snapshot for health
+                        // checks and the conntrack thread is the one part that grows with the
+                        // cluster, and it comes after the commit).
+                        let diags = self.session.diagnostics();
+                        let notes = self.session.notes().to_vec();
+                        self.report_diagnostics(&diags, &notes);
                         let (add, del) = inc.delta.stats_change();
                         let st = &mut self.stats;
                         st.chains = (st.chains + add.chains).saturating_sub(del.chains);
                         st.rules = (st.rules + add.rules).saturating_sub(del.rules);
                         st.elements = (st.elements + add.elements).saturating_sub(del.elements);
-                        applied = Some((Ok(r), Arc::new(inc.ir), compile));
+                        let ir = Arc::new(self.session.ir().expect("compiled").clone());
+                        applied = Some((Ok(r), ir, compile));
                     }
                     Ok(None) => {}
                     Err(e) => {
