@@ -341,121 +341,20 @@ pub(crate) fn lower_tracked<'a>(
         };
         // (address, protocol, port) of every frontend so far: a second Service on the same one
         // is an input error (the kernel's maps cannot hold both).
-        let mut taken: HashMap<(Option<IpAddr>, L4Proto, u16), String> = HashMap::new();
+        let mut taken = Taken::new();
         for s in &services {
-            let Some(cip) = s.cluster_ips.iter().copied().find(is_fam) else {
-                continue;
-            };
             let eps = &eps_by_svc[&(s.namespace.clone(), s.name.clone())];
-            for p in &s.ports {
-                let name = ServicePortName {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
-                    port: p.name.clone(),
-                    protocol: p.protocol,
-                };
-                let mut frontends = vec![Frontend {
-                    kind: FrontendKind::ClusterIp,
-                    addr: Some(cip),
-                    port: p.port,
-                }];
-                if let Some(np) = p.node_port {
-                    frontends.push(Frontend {
-                        kind: FrontendKind::NodePort,
-                        addr: None,
-                        port: np,
-                    });
-                }
-                for a in s.external_ips.iter().filter(|a| is_fam(a)) {
-                    frontends.push(Frontend {
-                        kind: FrontendKind::ExternalIp,
-                        addr: Some(*a),
-                        port: p.port,
-                    });
-                }
-                for a in s.lb_ips.iter().filter(|a| is_fam(a)) {
-                    frontends.push(Frontend {
-                        kind: FrontendKind::LoadBalancer,
-                        addr: Some(*a),
-                        port: p.port,
-                    });
-                }
-                frontends.retain(|fe| {
-                    let k = (fe.addr, p.protocol, fe.port);
-                    if let Some(other) = taken.get(&k) {
-                        if *other != format!("{}/{}", s.namespace, s.name) {
-                            let what = match fe.addr {
-                                Some(a) => format!("{a} port {}", fe.port),
-                                None => format!("nodePort {}", fe.port),
-                            };
-                            let field: &[PathSeg] = match fe.kind {
-                                FrontendKind::ClusterIp => &[key("spec"), key("clusterIP")],
-                                FrontendKind::ExternalIp => &[key("spec"), key("externalIPs")],
-                                FrontendKind::LoadBalancer => {
-                                    &[key("status"), key("loadBalancer"), key("ingress")]
-                                }
-                                FrontendKind::NodePort => &[key("spec"), key("ports")],
-                            };
-                            diags.push(Diagnostic::at_field(
-                                Severity::Error,
-                                s.origin,
-                                Some(format!("Service {}/{}", s.namespace, s.name)),
-                                field,
-                                format!(
-                                    "{what}/{} is already served by Service {other}; ignored here",
-                                    p.protocol.keyword()
-                                ),
-                            ));
-                            return false;
-                        }
-                    }
-                    taken.insert(k, format!("{}/{}", s.namespace, s.name));
-                    true
-                });
-                if frontends.first().map(|f| f.kind) != Some(FrontendKind::ClusterIp) {
-                    continue;
-                }
-                let externally_accessible = frontends.len() > 1;
-                let policy = Policy {
-                    external_local: s.external_local && externally_accessible,
-                    internal_local: s.internal_local,
-                    affinity_timeout: s.affinity_timeout,
-                    source_ranges: s
-                        .source_ranges
-                        .iter()
-                        .copied()
-                        .filter(|n| is_fam(&n.addr()))
-                        .collect(),
-                    allow_lb_ips_as_source: false,
-                    health_check_node_port: s.health_check_node_port.filter(|_| s.external_local),
-                };
-                let mut policy = policy;
-                policy.allow_lb_ips_as_source = policy
-                    .source_ranges
-                    .iter()
-                    .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
-                let backends = port_backends(
-                    eps,
-                    &p.name,
-                    p.protocol,
-                    fam,
-                    &policy,
-                    externally_accessible,
-                    &settings.hostname,
-                    node_zone.as_deref(),
-                );
-                fir.service_ports.push(Arc::new(ServicePort {
-                    name,
-                    provenance: Provenance {
-                        file: s.origin.file.to_string(),
-                        object_path: s.origin.object_path(),
-                    },
-                    protocol: p.protocol,
-                    frontends,
-                    backends,
-                    policy,
-                }));
-            }
+            family_ports(
+                s,
+                eps,
+                fam,
+                &node_ips,
+                settings,
+                node_zone.as_deref(),
+                &mut taken,
+                diags,
+                &mut fir.service_ports,
+            );
         }
         fir.service_ports.sort_by(|a, b| a.name.cmp(&b.name));
         fams.push(fir);
@@ -1219,4 +1118,136 @@ pub(crate) fn endpoint_owner(obj: &Object) -> Option<SvcKey> {
         meta.name.clone().unwrap_or_default()
     };
     Some((ns, name))
+}
+
+/// (address — None for a NodePort —, protocol, port) -> the Service (`ns/name`) serving it.
+type Taken = HashMap<(Option<IpAddr>, L4Proto, u16), String>;
+
+/// The service ports of one valid Service in one family, after the frontends other Services
+/// already serve (`taken`, which this extends) are reported and left out.
+#[allow(clippy::too_many_arguments)] // one Service's lowering context, each named
+fn family_ports(
+    s: &Svc,
+    eps: &EpMap,
+    fam: Family,
+    node_ips: &[IpAddr],
+    settings: &NodeSettings,
+    zone: Option<&str>,
+    taken: &mut Taken,
+    diags: &mut Vec<Diagnostic>,
+    out: &mut Vec<Arc<ServicePort>>,
+) {
+    let is_fam = |a: &IpAddr| Family::of(a) == fam;
+    let Some(cip) = s.cluster_ips.iter().copied().find(is_fam) else {
+        return;
+    };
+    for p in &s.ports {
+        let name = ServicePortName {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            port: p.name.clone(),
+            protocol: p.protocol,
+        };
+        let mut frontends = vec![Frontend {
+            kind: FrontendKind::ClusterIp,
+            addr: Some(cip),
+            port: p.port,
+        }];
+        if let Some(np) = p.node_port {
+            frontends.push(Frontend {
+                kind: FrontendKind::NodePort,
+                addr: None,
+                port: np,
+            });
+        }
+        for a in s.external_ips.iter().filter(|a| is_fam(a)) {
+            frontends.push(Frontend {
+                kind: FrontendKind::ExternalIp,
+                addr: Some(*a),
+                port: p.port,
+            });
+        }
+        for a in s.lb_ips.iter().filter(|a| is_fam(a)) {
+            frontends.push(Frontend {
+                kind: FrontendKind::LoadBalancer,
+                addr: Some(*a),
+                port: p.port,
+            });
+        }
+        frontends.retain(|fe| {
+            let k = (fe.addr, p.protocol, fe.port);
+            if let Some(other) = taken.get(&k) {
+                if *other != format!("{}/{}", s.namespace, s.name) {
+                    let what = match fe.addr {
+                        Some(a) => format!("{a} port {}", fe.port),
+                        None => format!("nodePort {}", fe.port),
+                    };
+                    let field: &[PathSeg] = match fe.kind {
+                        FrontendKind::ClusterIp => &[key("spec"), key("clusterIP")],
+                        FrontendKind::ExternalIp => &[key("spec"), key("externalIPs")],
+                        FrontendKind::LoadBalancer => {
+                            &[key("status"), key("loadBalancer"), key("ingress")]
+                        }
+                        FrontendKind::NodePort => &[key("spec"), key("ports")],
+                    };
+                    diags.push(Diagnostic::at_field(
+                        Severity::Error,
+                        s.origin,
+                        Some(format!("Service {}/{}", s.namespace, s.name)),
+                        field,
+                        format!(
+                            "{what}/{} is already served by Service {other}; ignored here",
+                            p.protocol.keyword()
+                        ),
+                    ));
+                    return false;
+                }
+            }
+            taken.insert(k, format!("{}/{}", s.namespace, s.name));
+            true
+        });
+        if frontends.first().map(|f| f.kind) != Some(FrontendKind::ClusterIp) {
+            continue;
+        }
+        let externally_accessible = frontends.len() > 1;
+        let policy = Policy {
+            external_local: s.external_local && externally_accessible,
+            internal_local: s.internal_local,
+            affinity_timeout: s.affinity_timeout,
+            source_ranges: s
+                .source_ranges
+                .iter()
+                .copied()
+                .filter(|n| is_fam(&n.addr()))
+                .collect(),
+            allow_lb_ips_as_source: false,
+            health_check_node_port: s.health_check_node_port.filter(|_| s.external_local),
+        };
+        let mut policy = policy;
+        policy.allow_lb_ips_as_source = policy
+            .source_ranges
+            .iter()
+            .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+        let backends = port_backends(
+            eps,
+            &p.name,
+            p.protocol,
+            fam,
+            &policy,
+            externally_accessible,
+            &settings.hostname,
+            zone,
+        );
+        out.push(Arc::new(ServicePort {
+            name,
+            provenance: Provenance {
+                file: s.origin.file.to_string(),
+                object_path: s.origin.object_path(),
+            },
+            protocol: p.protocol,
+            frontends,
+            backends,
+            policy,
+        }));
+    }
 }
