@@ -3,7 +3,7 @@
 //!
 //! One invalid object never blocks the rest: it gets a diagnostic and is left out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -94,16 +94,39 @@ pub fn lower_objects<'a>(
 /// `namespace`, `name` of a Service.
 pub(crate) type SvcKey = (String, String);
 
-/// What an incremental re-lowering of one Service's endpoints needs from the last full
-/// lowering (see [`crate::session`]).
+/// What an incremental re-lowering of one Service needs from the last full lowering (see
+/// [`crate::session`]).
 #[derive(Debug, Default)]
 pub(crate) struct Tracking {
     /// The node's zone (from its Node object), for topology hints.
     pub zone: Option<String>,
-    /// The Services that were lowered (valid, not duplicates, no clash).
-    pub services: std::collections::HashSet<SvcKey>,
-    /// The diagnostics (indexes into the `diags` given) about each Service's endpoint objects.
-    pub endpoint_diags: Vec<(SvcKey, std::ops::Range<usize>)>,
+    /// The diagnostics (indexes into the `diags` given) about each Service: its own
+    /// validation, its endpoint objects, its slices when it is not lowered.
+    pub service_diags: Vec<(SvcKey, std::ops::Range<usize>)>,
+    /// The notes (indexes into `notes`) about each Service.
+    pub service_notes: Vec<(SvcKey, std::ops::Range<usize>)>,
+    /// Services in a conflict (duplicate, nodePort or frontend served twice), either side:
+    /// which one wins depends on the input order, so only a full lowering decides.
+    pub conflicted: HashSet<SvcKey>,
+    /// NodePorts of the lowered Services.
+    pub node_ports: HashMap<(L4Proto, u16), SvcKey>,
+}
+
+/// `ns/name` (as diagnostics name a Service) back to its key.
+fn key_of(s: &str) -> SvcKey {
+    let (ns, name) = s.split_once('/').unwrap_or(("", s));
+    (ns.to_string(), name.to_string())
+}
+
+/// The key of a Service object, valid or not.
+pub(crate) fn service_key(s: &Service) -> SvcKey {
+    (
+        s.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        s.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 /// [`lower_objects`], also saying which diagnostics came from which Service's endpoints.
@@ -155,11 +178,17 @@ pub(crate) fn lower_tracked<'a>(
                 }
             }
             Object::Service(s) => {
-                let Some(v) = validate_service(origin, s, diags, notes) else {
+                let (d0, n0) = (diags.len(), notes.len());
+                let v = validate_service(origin, s, diags, notes);
+                let sk = service_key(s);
+                tracking.service_diags.push((sk.clone(), d0..diags.len()));
+                tracking.service_notes.push((sk, n0..notes.len()));
+                let Some(v) = v else {
                     continue;
                 };
                 let k = (v.namespace.clone(), v.name.clone());
                 if seen.contains_key(&k) {
+                    tracking.conflicted.insert(k.clone());
                     diags.push(Diagnostic::at_field(
                         Severity::Error,
                         origin,
@@ -179,6 +208,8 @@ pub(crate) fn lower_tracked<'a>(
                     }
                 }
                 if let Some((i, np, other)) = clash {
+                    tracking.conflicted.insert(k.clone());
+                    tracking.conflicted.insert(key_of(&other));
                     diags.push(Diagnostic::at_field(
                         Severity::Error,
                         origin,
@@ -234,21 +265,14 @@ pub(crate) fn lower_tracked<'a>(
     // Endpoint data without a Service: a warning (kube-proxy ignores it too).
     for ((ns, svc), list) in &slices {
         if !seen.contains_key(&(ns.clone(), svc.clone())) {
-            for (origin, es) in list {
-                diags.push(Diagnostic::at_field(
-                    Severity::Warning,
-                    origin,
-                    Some(format!(
-                        "EndpointSlice {ns}/{}",
-                        es.metadata.name.clone().unwrap_or_default()
-                    )),
-                    &[key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
-                    format!("Service {ns}/{svc} is not in the input; the slice is ignored"),
-                ));
-            }
+            let d0 = diags.len();
+            orphan_slices(&(ns.clone(), svc.clone()), list, diags);
+            tracking
+                .service_diags
+                .push(((ns.clone(), svc.clone()), d0..diags.len()));
         }
     }
-
+    tracking.node_ports = node_ports.iter().map(|(p, k)| (*p, key_of(k))).collect();
     // Families: those of the node IPs; without any, those the Services use.
     let mut families: BTreeSet<Family> = settings.node_ips.iter().map(Family::of).collect();
     if families.is_empty() {
@@ -272,11 +296,8 @@ pub(crate) fn lower_tracked<'a>(
             diags,
         );
         if diags.len() > start {
-            tracking
-                .endpoint_diags
-                .push((k.clone(), start..diags.len()));
+            tracking.service_diags.push((k.clone(), start..diags.len()));
         }
-        tracking.services.insert(k.clone());
         eps_by_svc.insert(k, map);
     }
     tracking.zone = node_zone.clone();
@@ -353,6 +374,7 @@ pub(crate) fn lower_tracked<'a>(
                 node_zone.as_deref(),
                 &mut taken,
                 diags,
+                &mut tracking.conflicted,
                 &mut fir.service_ports,
             );
         }
@@ -1135,6 +1157,7 @@ fn family_ports(
     zone: Option<&str>,
     taken: &mut Taken,
     diags: &mut Vec<Diagnostic>,
+    conflicted: &mut HashSet<SvcKey>,
     out: &mut Vec<Arc<ServicePort>>,
 ) {
     let is_fam = |a: &IpAddr| Family::of(a) == fam;
@@ -1178,6 +1201,8 @@ fn family_ports(
             let k = (fe.addr, p.protocol, fe.port);
             if let Some(other) = taken.get(&k) {
                 if *other != format!("{}/{}", s.namespace, s.name) {
+                    conflicted.insert((s.namespace.clone(), s.name.clone()));
+                    conflicted.insert(key_of(other));
                     let what = match fe.addr {
                         Some(a) => format!("{a} port {}", fe.port),
                         None => format!("nodePort {}", fe.port),
@@ -1249,5 +1274,90 @@ fn family_ports(
             backends,
             policy,
         }));
+    }
+}
+
+/// Slices of a Service that is not lowered: a warning each (kube-proxy ignores them too).
+pub(crate) fn orphan_slices(
+    k: &SvcKey,
+    list: &[(&Origin, &EndpointSlice)],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let (ns, svc) = k;
+    for (origin, es) in list {
+        diags.push(Diagnostic::at_field(
+            Severity::Warning,
+            origin,
+            Some(format!(
+                "EndpointSlice {ns}/{}",
+                es.metadata.name.clone().unwrap_or_default()
+            )),
+            &[key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
+            format!("Service {ns}/{svc} is not in the input; the slice is ignored"),
+        ));
+    }
+}
+
+/// One Service lowered alone, for the compile session's deltas: the caller has made sure no
+/// other Service claims its nodePorts or frontends (see [`Tracking::conflicted`]).
+pub(crate) struct LoweredService {
+    /// Per family of `families`, its service ports (sorted).
+    pub ports: Vec<Vec<Arc<ServicePort>>>,
+    pub node_ports: Vec<(L4Proto, u16)>,
+}
+
+/// Lowers one Service (None: absent or invalid) with its endpoint objects, into the families
+/// of a previous full lowering. Diagnostics and notes are those a full lowering gives about it.
+#[allow(clippy::too_many_arguments)] // one Service's lowering context, each named
+pub(crate) fn lower_service(
+    service: Option<(&Origin, &Service)>,
+    k: &SvcKey,
+    slices: &[(&Origin, &EndpointSlice)],
+    legacy: Option<(&Origin, &Endpoints)>,
+    families: &[&FamilyIr],
+    settings: &NodeSettings,
+    zone: Option<&str>,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> LoweredService {
+    let v = service.and_then(|(o, s)| validate_service(o, s, diags, notes));
+    let Some(v) = v else {
+        if !slices.is_empty() {
+            orphan_slices(k, slices, diags);
+        }
+        return LoweredService {
+            ports: families.iter().map(|_| Vec::new()).collect(),
+            node_ports: Vec::new(),
+        };
+    };
+    let eps = service_endpoints(slices, legacy, diags);
+    let mut conflicted = HashSet::new();
+    let ports = families
+        .iter()
+        .map(|f| {
+            let mut out = Vec::new();
+            family_ports(
+                &v,
+                &eps,
+                f.family,
+                &f.node_ips,
+                settings,
+                zone,
+                &mut Taken::new(),
+                diags,
+                &mut conflicted,
+                &mut out,
+            );
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out
+        })
+        .collect();
+    LoweredService {
+        ports,
+        node_ports: v
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port.map(|np| (p.protocol, np)))
+            .collect(),
     }
 }

@@ -4,32 +4,45 @@
 //!
 //! Two ways to compile:
 //! - [`Session::compile`]: lower and build everything (a full model);
-//! - [`Session::compile_delta`]: when, since the last compile, only endpoint objects
-//!   (EndpointSlices, legacy Endpoints) changed, re-lower just the Services they belong to and
-//!   return the [`Delta`] of their service ports' parts. Its cost is that of the changed
-//!   Services, not of the cluster. Anything else (a Service, Node or ServiceCIDR changed,
-//!   a slice of an unknown Service) needs the full compile: conflicts between Services are
-//!   resolved across all of them, in input order.
+//! - [`Session::compile_delta`]: when, since the last compile, only Services and their
+//!   endpoint objects (EndpointSlices, legacy Endpoints) changed, re-lower just those Services
+//!   and return the [`Delta`] of their service ports' parts. Its cost is that of the changed
+//!   Services, not of the cluster. It declines (the caller compiles in full) when a Node or
+//!   ServiceCIDR changed, or when a changed Service is or would be in a conflict with another
+//!   (a duplicate, a nodePort or frontend served twice): which one wins depends on the input
+//!   order, so only a full lowering decides.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::NodeSettings;
 use crate::diag::{Diagnostic, Origin};
-use crate::ir::{FamilyIr, Ir, ServicePort};
+use crate::ir::{FamilyIr, FrontendKind, Ir, ServicePort};
 use crate::lower::{self, Note, SvcKey};
 use crate::manifest::{self, Object, Parsed, Skipped, Source};
 use crate::nft::build::{self, EndpointIds};
 use crate::nft::delta::{Delta, NotIncremental, TableDeltaBuilder};
-use crate::nft::model::{Element, Value};
+use crate::nft::model::{Element, L4Proto, Value};
 use crate::{names, nft, Output};
 
-/// Where a file's endpoint objects are, by the Service they belong to (object indexes).
+/// Where a file's Services and endpoint objects are, by Service (object indexes).
 #[derive(Default)]
-struct EndpointIndex {
+struct ServiceIndex {
+    services: HashMap<SvcKey, Vec<usize>>,
     slices: HashMap<SvcKey, Vec<usize>>,
     legacy: HashMap<SvcKey, usize>,
+}
+
+impl ServiceIndex {
+    /// The objects of one Service, in file order.
+    fn objects(&self, k: &SvcKey) -> Vec<usize> {
+        let mut l = self.services.get(k).cloned().unwrap_or_default();
+        l.extend(self.slices.get(k).into_iter().flatten());
+        l.extend(self.legacy.get(k));
+        l.sort_unstable();
+        l
+    }
 }
 
 struct FileState {
@@ -37,17 +50,20 @@ struct FileState {
     parsed: Parsed,
     /// Parse diagnostics, already located.
     diags: Vec<Diagnostic>,
-    index: EndpointIndex,
+    index: ServiceIndex,
 }
 
 /// What changed since the last compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Dirty {
     Clean,
-    /// Only the endpoint objects of these Services.
-    Endpoints(BTreeSet<SvcKey>),
+    /// Only these Services and their endpoint objects.
+    Services(BTreeSet<SvcKey>),
     Full,
 }
+
+/// A frontend a Service serves in a family: (address — None for a NodePort —, protocol, port).
+type Claim = (Option<IpAddr>, L4Proto, u16);
 
 /// The state of the last compile that [`Session::compile_delta`] updates in place.
 struct Compiled {
@@ -56,12 +72,18 @@ struct Compiled {
     ids: Vec<EndpointIds>,
     /// Per family: how many service ports have each endpoint address (`hairpin` elements).
     hairpin: Vec<HashMap<IpAddr, u32>>,
-    services: std::collections::HashSet<SvcKey>,
+    /// Per family: how many service ports have each ClusterIP (`cluster-ips` elements).
+    cluster_ips: Vec<HashMap<IpAddr, u32>>,
+    /// Per family: which Service serves each frontend.
+    frontends: Vec<HashMap<Claim, SvcKey>>,
+    node_ports: HashMap<(L4Proto, u16), SvcKey>,
+    conflicted: HashSet<SvcKey>,
     zone: Option<String>,
-    /// Lowering diagnostics, located: those about each Service's endpoints, and the rest.
-    endpoint_diags: BTreeMap<SvcKey, Vec<Diagnostic>>,
+    /// Lowering diagnostics and notes, located: those about each Service, and the rest.
+    service_diags: BTreeMap<SvcKey, Vec<Diagnostic>>,
     other_diags: Vec<Diagnostic>,
-    notes: Vec<Note>,
+    service_notes: BTreeMap<SvcKey, Vec<Note>>,
+    other_notes: Vec<Note>,
 }
 
 /// What [`Session::compile_delta`] gives. The state it leads to (IR, diagnostics) is read
@@ -107,14 +129,14 @@ impl Session {
         let mut diags = Vec::new();
         let parsed = manifest::parse_sources(std::slice::from_ref(&source), &mut diags);
         manifest::locate(&mut diags, std::slice::from_ref(&source));
-        let index = index_endpoints(&parsed);
+        let index = index_services(&parsed);
         let state = FileState {
             source,
             parsed,
             diags,
             index,
         };
-        let change = endpoint_change(self.files.get(&state.source.name), Some(&state));
+        let change = object_change(self.files.get(&state.source.name), Some(&state));
         self.mark(change);
         self.files.insert(state.source.name.clone(), state);
         true
@@ -124,7 +146,7 @@ impl Session {
     pub fn remove_file(&mut self, name: &str) -> bool {
         match self.files.remove(name) {
             Some(old) => {
-                let change = endpoint_change(Some(&old), None);
+                let change = object_change(Some(&old), None);
                 self.mark(change);
                 true
             }
@@ -135,10 +157,10 @@ impl Session {
     fn mark(&mut self, change: Option<BTreeSet<SvcKey>>) {
         self.dirty = match (std::mem::replace(&mut self.dirty, Dirty::Full), change) {
             (Dirty::Full, _) | (_, None) => Dirty::Full,
-            (Dirty::Clean, Some(s)) => Dirty::Endpoints(s),
-            (Dirty::Endpoints(mut a), Some(b)) => {
+            (Dirty::Clean, Some(s)) => Dirty::Services(s),
+            (Dirty::Services(mut a), Some(b)) => {
                 a.extend(b);
-                Dirty::Endpoints(a)
+                Dirty::Services(a)
             }
         };
     }
@@ -159,38 +181,40 @@ impl Session {
             &mut notes,
         );
         self.locate(&mut lower_diags);
-        // Split the lowering diagnostics: per Service's endpoints, and the rest.
-        let mut endpoint_diags: BTreeMap<SvcKey, Vec<Diagnostic>> = BTreeMap::new();
-        let mut taken = vec![false; lower_diags.len()];
-        for (k, r) in &tracking.endpoint_diags {
-            endpoint_diags
-                .entry(k.clone())
-                .or_default()
-                .extend(lower_diags[r.clone()].iter().cloned());
-            taken[r.clone()].iter_mut().for_each(|t| *t = true);
-        }
-        let other_diags: Vec<Diagnostic> = lower_diags
-            .into_iter()
-            .zip(taken)
-            .filter(|(_, t)| !t)
-            .map(|(d, _)| d)
-            .collect();
+        // Split the lowering diagnostics and notes: per Service, and the rest.
+        let (service_diags, other_diags) = split(lower_diags, &tracking.service_diags);
+        let (service_notes, other_notes) = split(notes, &tracking.service_notes);
         let ruleset = nft::build::build(&ir);
+        let claims = |f: &FamilyIr| -> HashMap<Claim, SvcKey> {
+            f.service_ports
+                .iter()
+                .flat_map(|sp| {
+                    let k = (sp.name.namespace.clone(), sp.name.name.clone());
+                    sp.frontends
+                        .iter()
+                        .map(move |fe| ((fe.addr, sp.protocol, fe.port), k.clone()))
+                })
+                .collect()
+        };
         let compiled = Compiled {
             ids: ir.families.iter().map(build::endpoint_ids).collect(),
             hairpin: ir.families.iter().map(hairpin_counts).collect(),
+            cluster_ips: ir.families.iter().map(cluster_ip_counts).collect(),
+            frontends: ir.families.iter().map(claims).collect(),
             ir,
-            services: tracking.services,
+            node_ports: tracking.node_ports,
+            conflicted: tracking.conflicted,
             zone: tracking.zone,
-            endpoint_diags,
+            service_diags,
             other_diags,
-            notes,
+            service_notes,
+            other_notes,
         };
         let out = Output {
             ir: compiled.ir.clone(),
             ruleset,
             diagnostics: self.all_diagnostics(&compiled),
-            notes: compiled.notes.clone(),
+            notes: all_notes(&compiled),
             skipped: self.skipped(),
         };
         self.compiled = Some(compiled);
@@ -204,7 +228,7 @@ impl Session {
         let changed = match (&self.dirty, &self.compiled) {
             (_, None) | (Dirty::Full, _) => return None,
             (Dirty::Clean, Some(_)) => BTreeSet::new(),
-            (Dirty::Endpoints(s), Some(_)) => s.clone(),
+            (Dirty::Services(s), Some(_)) => s.clone(),
         };
         match self.relower(&changed) {
             Ok((changed_ports, delta)) => {
@@ -221,23 +245,33 @@ impl Session {
         }
     }
 
-    /// Re-lowers the endpoints of `changed` Services; updates the compiled state only if the
-    /// whole change can be expressed as a delta.
+    /// Re-lowers the `changed` Services; updates the compiled state only if the whole change
+    /// can be expressed as a delta.
     fn relower(&mut self, changed: &BTreeSet<SvcKey>) -> Result<(usize, Delta), NotIncremental> {
         let c = self.compiled.as_ref().expect("compiled");
+        let no = |why: String| Err(NotIncremental(why));
+        if self.settings.node_ips.is_empty() {
+            // The families then follow the Services' ClusterIPs.
+            return no("no node IP: the families depend on the Services".into());
+        }
+        let families: Vec<&FamilyIr> = c.ir.families.iter().collect();
         let mut new_diags: BTreeMap<SvcKey, Vec<Diagnostic>> = BTreeMap::new();
-        // (family index, service port index, new service port)
-        let mut replaced: Vec<(usize, usize, ServicePort)> = Vec::new();
+        let mut new_notes: BTreeMap<SvcKey, Vec<Note>> = BTreeMap::new();
+        // Per changed Service: its new service ports per family, its nodePorts.
+        let mut lowered: Vec<(SvcKey, lower::LoweredService)> = Vec::new();
         for k in changed {
-            if !c.services.contains(k) {
-                return Err(NotIncremental(format!(
-                    "endpoints of {}/{}, which is not a valid Service",
-                    k.0, k.1
-                )));
+            if c.conflicted.contains(k) {
+                return no(format!("{}/{} was in a conflict", k.0, k.1));
             }
+            let mut service = Vec::new();
             let mut slices = Vec::new();
             let mut legacy = None;
             for f in self.files.values() {
+                for &i in f.index.services.get(k).into_iter().flatten() {
+                    if let (o, Object::Service(s)) = &f.parsed.objects[i] {
+                        service.push((o, s.as_ref()));
+                    }
+                }
                 for &i in f.index.slices.get(k).into_iter().flatten() {
                     if let (o, Object::EndpointSlice(es)) = &f.parsed.objects[i] {
                         slices.push((o, es.as_ref()));
@@ -249,69 +283,132 @@ impl Session {
                     }
                 }
             }
-            let mut diags = Vec::new();
-            let eps = lower::service_endpoints(&slices, legacy, &mut diags);
+            if service.len() > 1 {
+                return no(format!("{}/{} is defined more than once", k.0, k.1));
+            }
+            let (mut diags, mut notes) = (Vec::new(), Vec::new());
+            let l = lower::lower_service(
+                service.first().copied(),
+                k,
+                &slices,
+                legacy,
+                &families,
+                &self.settings,
+                c.zone.as_deref(),
+                &mut diags,
+                &mut notes,
+            );
+            // Claims another Service holds: a conflict only a full lowering can decide.
+            for np in &l.node_ports {
+                if c.node_ports.get(np).is_some_and(|o| o != k) {
+                    return no(format!("nodePort {} of {}/{} is taken", np.1, k.0, k.1));
+                }
+            }
+            for (fi, ports) in l.ports.iter().enumerate() {
+                for sp in ports {
+                    for fe in &sp.frontends {
+                        let claim = (fe.addr, sp.protocol, fe.port);
+                        if c.frontends[fi].get(&claim).is_some_and(|o| o != k) {
+                            return no(format!("a frontend of {}/{} is taken", k.0, k.1));
+                        }
+                    }
+                }
+            }
+            // Claims inside the changed set are checked against each other too.
             new_diags.insert(k.clone(), diags);
-            for (fi, f) in c.ir.families.iter().enumerate() {
-                for (i, sp) in service_ports_of(f, k) {
-                    let backends = lower::port_backends(
-                        &eps,
-                        &sp.name.port,
-                        sp.protocol,
-                        f.family,
-                        &sp.policy,
-                        sp.frontends.len() > 1,
-                        &self.settings.hostname,
-                        c.zone.as_deref(),
-                    );
-                    if backends != sp.backends {
-                        let mut n = ServicePort::clone(sp);
-                        n.backends = backends;
-                        replaced.push((fi, i, n));
+            new_notes.insert(k.clone(), notes);
+            lowered.push((k.clone(), l));
+        }
+        {
+            let mut seen_np = HashSet::new();
+            let mut seen_fe = HashSet::new();
+            for (_, l) in &lowered {
+                for np in &l.node_ports {
+                    if !seen_np.insert(*np) {
+                        return no("two changed Services share a nodePort".into());
+                    }
+                }
+                for (fi, ports) in l.ports.iter().enumerate() {
+                    let mut mine = HashSet::new();
+                    for sp in ports {
+                        for fe in &sp.frontends {
+                            mine.insert((fi, fe.addr, sp.protocol, fe.port));
+                        }
+                    }
+                    for m in mine {
+                        if !seen_fe.insert(m) {
+                            return no("two changed Services share a frontend".into());
+                        }
                     }
                 }
             }
         }
         // The delta, table by table; nothing is changed yet.
         let mut delta = Delta::default();
-        let mut hairpin_updates: Vec<(usize, IpAddr, i64)> = Vec::new();
+        let mut ids: Vec<EndpointIds> = c.ids.clone();
+        let mut changed_ports = 0;
         for (fi, f) in c.ir.families.iter().enumerate() {
             let mut b = TableDeltaBuilder::new(f.family, names::TABLE);
-            let mut any = false;
-            for (_, i, n) in replaced.iter().filter(|r| r.0 == fi) {
-                let old = build::service_port_parts(f, &f.service_ports[*i], &c.ids[fi]);
-                let new = build::service_port_parts(f, n, &c.ids[fi]);
-                b.service_port(&old, &new)?;
-                any = true;
-            }
-            if !any {
-                continue;
-            }
-            let counts = &c.hairpin[fi];
-            let td = b.finish(|set, e: &Element| match set {
-                names::HAIRPIN => {
-                    Some(hairpin_addr(e).map_or(0, |a| counts.get(&a).copied().unwrap_or(0)))
+            let mut old_parts = Vec::new();
+            for (k, _) in &lowered {
+                for (_, sp) in service_ports_of(f, k) {
+                    old_parts.push((sp, build::service_port_parts(f, sp, &c.ids[fi])));
                 }
-                // ClusterIPs come from frontends, which do not change here (checked below).
-                _ => None,
+            }
+            // Ids of removed service ports first, then of new ones (as a full build would
+            // give them, or decline).
+            let new_ports: Vec<&Arc<ServicePort>> =
+                lowered.iter().flat_map(|(_, l)| &l.ports[fi]).collect();
+            for (sp, _) in &old_parts {
+                if !new_ports.iter().any(|n| n.name == sp.name) && !ids[fi].remove(&sp.name) {
+                    return no(format!("the endpoint-map ids after {} shift", sp.name));
+                }
+            }
+            for n in &new_ports {
+                if !old_parts.iter().any(|(o, _)| o.name == n.name) && !ids[fi].insert(&n.name) {
+                    return no(format!("the endpoint-map id of {} collides", n.name));
+                }
+            }
+            let empty = build::ServicePortParts {
+                chains: Vec::new(),
+                elements: Vec::new(),
+                extra_sets: Vec::new(),
+            };
+            for (o, op) in &old_parts {
+                match new_ports.iter().find(|n| n.name == o.name) {
+                    Some(n) if ***n == **o => {}
+                    Some(n) => {
+                        changed_ports += 1;
+                        b.service_port(op, &build::service_port_parts(f, n, &ids[fi]))?;
+                    }
+                    None => {
+                        changed_ports += 1;
+                        b.service_port(op, &empty)?;
+                    }
+                }
+            }
+            for n in &new_ports {
+                if !old_parts.iter().any(|(o, _)| o.name == n.name) {
+                    changed_ports += 1;
+                    b.service_port(&empty, &build::service_port_parts(f, n, &ids[fi]))?;
+                }
+            }
+            let (hairpin, cips) = (&c.hairpin[fi], &c.cluster_ips[fi]);
+            let td = b.finish(|set, e: &Element| {
+                let count = |m: &HashMap<IpAddr, u32>| {
+                    first_addr(e).map_or(0, |a| m.get(&a).copied().unwrap_or(0))
+                };
+                match set {
+                    names::HAIRPIN => Some(count(hairpin)),
+                    names::CLUSTER_IPS => Some(count(cips)),
+                    _ => None,
+                }
             })?;
-            for (_, i, n) in replaced.iter().filter(|r| r.0 == fi) {
-                for a in endpoint_addrs(&f.service_ports[*i]) {
-                    hairpin_updates.push((fi, a, -1));
-                }
-                for a in endpoint_addrs(n) {
-                    hairpin_updates.push((fi, a, 1));
-                }
-            }
             if let Some(td) = td {
-                if td.sets.iter().any(|s| s.set == names::CLUSTER_IPS) {
-                    return Err(NotIncremental("ClusterIPs changed".into()));
-                }
                 delta.tables.push(td);
             }
         }
         // Commit to the new state.
-        let n = replaced.len();
         let sources: Vec<Source> = {
             let files: BTreeSet<&str> = new_diags
                 .values()
@@ -325,25 +422,48 @@ impl Session {
                 .collect()
         };
         let c = self.compiled.as_mut().expect("compiled");
-        for (fi, i, sp) in replaced {
-            c.ir.families[fi].service_ports[i] = Arc::new(sp);
-        }
-        for (fi, a, d) in hairpin_updates {
-            let e = c.hairpin[fi].entry(a).or_default();
-            *e = (i64::from(*e) + d).max(0) as u32;
-            if *e == 0 {
-                c.hairpin[fi].remove(&a);
+        c.ids = ids;
+        for (k, l) in lowered {
+            for (fi, new) in l.ports.into_iter().enumerate() {
+                let f = &mut c.ir.families[fi];
+                let range = service_port_range(f, &k);
+                for sp in &f.service_ports[range.clone()] {
+                    count(&mut c.hairpin[fi], endpoint_addrs(sp), -1);
+                    count(&mut c.cluster_ips[fi], cluster_ips(sp), -1);
+                    for fe in &sp.frontends {
+                        c.frontends[fi].remove(&(fe.addr, sp.protocol, fe.port));
+                    }
+                }
+                for sp in &new {
+                    count(&mut c.hairpin[fi], endpoint_addrs(sp), 1);
+                    count(&mut c.cluster_ips[fi], cluster_ips(sp), 1);
+                    for fe in &sp.frontends {
+                        c.frontends[fi].insert((fe.addr, sp.protocol, fe.port), k.clone());
+                    }
+                }
+                f.service_ports.splice(range, new);
+            }
+            c.node_ports.retain(|_, o| *o != k);
+            for np in l.node_ports {
+                c.node_ports.insert(np, k.clone());
             }
         }
         for (k, mut d) in new_diags {
             manifest::locate(&mut d, &sources);
             if d.is_empty() {
-                c.endpoint_diags.remove(&k);
+                c.service_diags.remove(&k);
             } else {
-                c.endpoint_diags.insert(k, d);
+                c.service_diags.insert(k, d);
             }
         }
-        Ok((n, delta))
+        for (k, n) in new_notes {
+            if n.is_empty() {
+                c.service_notes.remove(&k);
+            } else {
+                c.service_notes.insert(k, n);
+            }
+        }
+        Ok((changed_ports, delta))
     }
 
     fn locate(&self, diags: &mut [Diagnostic]) {
@@ -370,9 +490,9 @@ impl Session {
             .unwrap_or_default()
     }
 
-    /// Notes of the last compile.
-    pub fn notes(&self) -> &[Note] {
-        self.compiled.as_ref().map_or(&[], |c| &c.notes)
+    /// Notes as of the last compile or delta.
+    pub fn notes(&self) -> Vec<Note> {
+        self.compiled.as_ref().map(all_notes).unwrap_or_default()
     }
 
     /// Every diagnostic: parsing (per file), then lowering.
@@ -381,7 +501,7 @@ impl Session {
             .values()
             .flat_map(|f| f.diags.iter())
             .chain(&c.other_diags)
-            .chain(c.endpoint_diags.values().flatten())
+            .chain(c.service_diags.values().flatten())
             .cloned()
             .collect()
     }
@@ -394,74 +514,73 @@ impl Session {
     }
 }
 
-fn index_endpoints(parsed: &Parsed) -> EndpointIndex {
-    let mut ix = EndpointIndex::default();
+fn index_services(parsed: &Parsed) -> ServiceIndex {
+    let mut ix = ServiceIndex::default();
     for (i, (_, obj)) in parsed.objects.iter().enumerate() {
-        if let Some(k) = lower::endpoint_owner(obj) {
-            match obj {
-                Object::EndpointSlice(_) => ix.slices.entry(k).or_default().push(i),
-                // The last one wins, as in a full lowering.
-                _ => {
+        match obj {
+            Object::Service(s) => ix
+                .services
+                .entry(lower::service_key(s))
+                .or_default()
+                .push(i),
+            Object::EndpointSlice(_) => {
+                if let Some(k) = lower::endpoint_owner(obj) {
+                    ix.slices.entry(k).or_default().push(i);
+                }
+            }
+            Object::Endpoints(_) => {
+                if let Some(k) = lower::endpoint_owner(obj) {
+                    // The last one wins, as in a full lowering.
                     ix.legacy.insert(k, i);
                 }
             }
+            _ => {}
         }
     }
     ix
 }
 
-/// The Services whose endpoint objects differ between two versions of a file, if nothing
-/// else differs (None: something else changed).
-fn endpoint_change(old: Option<&FileState>, new: Option<&FileState>) -> Option<BTreeSet<SvcKey>> {
+/// The Services whose objects (the Service, its slices, its legacy Endpoints) differ between
+/// two versions of a file, if nothing else differs (None: a Node, a ServiceCIDR or an
+/// unlabelled slice changed).
+fn object_change(old: Option<&FileState>, new: Option<&FileState>) -> Option<BTreeSet<SvcKey>> {
     fn objs(f: Option<&FileState>) -> &[(Origin, Object)] {
         f.map_or(&[], |f| f.parsed.objects.as_slice())
     }
     let (a, b) = (objs(old), objs(new));
-    // Services, Nodes, ServiceCIDRs and unlabelled slices: exactly the same, in the same places.
-    let rest = |v: &[(Origin, Object)]| -> Vec<usize> {
-        (0..v.len())
-            .filter(|&i| lower::endpoint_owner(&v[i].1).is_none())
-            .collect()
+    let owned = |o: &Object| match o {
+        Object::Service(_) => true,
+        _ => lower::endpoint_owner(o).is_some(),
     };
-    let (ra, rb) = (rest(a), rest(b));
-    if ra.len() != rb.len()
-        || ra
-            .iter()
-            .zip(&rb)
-            .any(|(&i, &j)| a[i].0 != b[j].0 || !same_object(&a[i].1, &b[j].1))
-    {
+    let rest = |v: &[(Origin, Object)]| -> Vec<usize> {
+        (0..v.len()).filter(|&i| !owned(&v[i].1)).collect()
+    };
+    let same = |la: &[usize], lb: &[usize]| {
+        la.len() == lb.len()
+            && la
+                .iter()
+                .zip(lb)
+                .all(|(&i, &j)| a[i].0 == b[j].0 && same_object(&a[i].1, &b[j].1))
+    };
+    if !same(&rest(a), &rest(b)) {
         return None;
     }
-    let empty = EndpointIndex::default();
+    let empty = ServiceIndex::default();
     let (ia, ib) = (
         old.map_or(&empty, |f| &f.index),
         new.map_or(&empty, |f| &f.index),
     );
     let mut changed = BTreeSet::new();
-    let keys = ia
-        .slices
-        .keys()
-        .chain(ib.slices.keys())
-        .chain(ia.legacy.keys())
-        .chain(ib.legacy.keys());
-    for k in keys {
-        if changed.contains(k) {
-            continue;
-        }
-        let list = |ix: &EndpointIndex| -> Vec<usize> {
-            let mut l = ix.slices.get(k).cloned().unwrap_or_default();
-            l.extend(ix.legacy.get(k));
-            l.sort_unstable();
-            l
-        };
-        let (la, lb) = (list(ia), list(ib));
-        let differs = la.len() != lb.len()
-            || la
-                .iter()
-                .zip(&lb)
-                .any(|(&i, &j)| a[i].0 != b[j].0 || !same_object(&a[i].1, &b[j].1));
-        if differs {
-            changed.insert(k.clone());
+    for ix in [ia, ib] {
+        let keys = ix
+            .services
+            .keys()
+            .chain(ix.slices.keys())
+            .chain(ix.legacy.keys());
+        for k in keys {
+            if !changed.contains(k) && !same(&ia.objects(k), &ib.objects(k)) {
+                changed.insert(k.clone());
+            }
         }
     }
     Some(changed)
@@ -478,20 +597,28 @@ fn same_object(a: &Object, b: &Object) -> bool {
     }
 }
 
-/// The service ports of one Service (contiguous: sorted by namespace, name, port).
+/// Where the service ports of one Service are (contiguous: sorted by namespace, name, port);
+/// empty, at its sorted place, if it has none.
+fn service_port_range(f: &FamilyIr, k: &SvcKey) -> std::ops::Range<usize> {
+    fn key(sp: &Arc<ServicePort>) -> (&str, &str) {
+        (sp.name.namespace.as_str(), sp.name.name.as_str())
+    }
+    let k = (k.0.as_str(), k.1.as_str());
+    let start = f.service_ports.partition_point(|sp| key(sp) < k);
+    let end = start + f.service_ports[start..].partition_point(|sp| key(sp) == k);
+    start..end
+}
+
+/// The service ports of one Service.
 fn service_ports_of<'a>(
     f: &'a FamilyIr,
     k: &SvcKey,
 ) -> impl Iterator<Item = (usize, &'a ServicePort)> + 'a {
-    let start = f
-        .service_ports
-        .partition_point(|sp| (&sp.name.namespace, &sp.name.name) < (&k.0, &k.1));
-    let (ns, name) = (k.0.clone(), k.1.clone());
-    f.service_ports[start..]
+    let r = service_port_range(f, k);
+    f.service_ports[r.clone()]
         .iter()
-        .take_while(move |sp| sp.name.namespace == ns && sp.name.name == name)
         .enumerate()
-        .map(move |(j, sp)| (start + j, sp.as_ref()))
+        .map(move |(j, sp)| (r.start + j, sp.as_ref()))
 }
 
 /// The endpoint addresses a service port puts in the `hairpin` set (as the nft build does),
@@ -505,21 +632,77 @@ fn endpoint_addrs(sp: &ServicePort) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// The ClusterIPs a service port puts in the `cluster-ips` set, each once.
+fn cluster_ips(sp: &ServicePort) -> BTreeSet<IpAddr> {
+    sp.frontends
+        .iter()
+        .filter(|fe| fe.kind == FrontendKind::ClusterIp)
+        .filter_map(|fe| fe.addr)
+        .collect()
+}
+
+fn count(m: &mut HashMap<IpAddr, u32>, addrs: BTreeSet<IpAddr>, d: i64) {
+    for a in addrs {
+        let e = m.entry(a).or_default();
+        *e = (i64::from(*e) + d).max(0) as u32;
+        if *e == 0 {
+            m.remove(&a);
+        }
+    }
+}
+
 fn hairpin_counts(f: &FamilyIr) -> HashMap<IpAddr, u32> {
     let mut m = HashMap::new();
     for sp in &f.service_ports {
-        for a in endpoint_addrs(sp) {
-            *m.entry(a).or_default() += 1;
-        }
+        count(&mut m, endpoint_addrs(sp), 1);
     }
     m
 }
 
-fn hairpin_addr(e: &Element) -> Option<IpAddr> {
+fn cluster_ip_counts(f: &FamilyIr) -> HashMap<IpAddr, u32> {
+    let mut m = HashMap::new();
+    for sp in &f.service_ports {
+        count(&mut m, cluster_ips(sp), 1);
+    }
+    m
+}
+
+/// The address an element of `hairpin` or `cluster-ips` starts with.
+fn first_addr(e: &Element) -> Option<IpAddr> {
     match e.key.first() {
         Some(Value::Addr(a)) => Some(*a),
         _ => None,
     }
+}
+
+/// Items split by the ranges that belong to each Service; the rest in order.
+fn split<T: Clone>(
+    items: Vec<T>,
+    ranges: &[(SvcKey, std::ops::Range<usize>)],
+) -> (BTreeMap<SvcKey, Vec<T>>, Vec<T>) {
+    let mut per: BTreeMap<SvcKey, Vec<T>> = BTreeMap::new();
+    let mut taken = vec![false; items.len()];
+    for (k, r) in ranges.iter().filter(|(_, r)| !r.is_empty()) {
+        per.entry(k.clone())
+            .or_default()
+            .extend(items[r.clone()].iter().cloned());
+        taken[r.clone()].iter_mut().for_each(|t| *t = true);
+    }
+    let rest = items
+        .into_iter()
+        .zip(taken)
+        .filter(|(_, t)| !t)
+        .map(|(x, _)| x)
+        .collect();
+    (per, rest)
+}
+
+fn all_notes(c: &Compiled) -> Vec<Note> {
+    c.other_notes
+        .iter()
+        .chain(c.service_notes.values().flatten())
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -690,33 +873,97 @@ spec:
         }
     }
 
-    #[test]
-    fn other_changes_need_a_full_compile() {
+    /// Applies file changes one by one; each must (or must not) be a delta, and the model
+    /// after it must equal a fresh full compile of the same files.
+    fn steps(steps: &[(&str, Option<&str>, bool)]) {
         let mut s = Session::new(node());
         s.set_file(src("services.yaml", SERVICES));
         s.set_file(src("endpoints.yaml", &endpoints_file(0)));
-        s.compile();
-        // A Service changed.
-        s.set_file(src("services.yaml", &SERVICES.replace("5432", "5433")));
-        assert!(s.compile_delta().is_none());
-        s.compile();
-        // A slice of a Service that does not exist.
-        s.set_file(src(
-            "more.yaml",
-            &slice("nope", "nope-1", &[("10.0.9.9", "n", true)], &[("x", 1)]),
-        ));
-        assert!(s.compile_delta().is_none());
-        s.compile();
-        // Removing that file touches only endpoints of an unknown Service: full again.
-        s.remove_file("more.yaml");
-        assert!(s.compile_delta().is_none());
-        s.compile();
-        // A new file with only endpoints of a known Service is a delta.
-        s.set_file(src(
-            "more.yaml",
-            &slice("db", "db-2", &[("10.0.5.5", "m", true)], &[("pg", 5432)]),
-        ));
-        let inc = s.compile_delta().expect("delta");
-        assert_eq!(inc.changed_ports, 1);
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        files.insert("services.yaml".into(), SERVICES.into());
+        files.insert("endpoints.yaml".into(), endpoints_file(0));
+        let mut model = s.compile().ruleset;
+        for (i, (name, text, want_delta)) in steps.iter().enumerate() {
+            match text {
+                Some(t) => {
+                    s.set_file(src(name, t));
+                    files.insert(name.to_string(), t.to_string());
+                }
+                None => {
+                    s.remove_file(name);
+                    files.remove(*name);
+                }
+            }
+            match s.compile_delta() {
+                Some(inc) => {
+                    assert!(want_delta, "step {i}: a delta, expected a full compile");
+                    model.apply_delta(&inc.delta).expect("delta fits the model");
+                }
+                None => {
+                    assert!(!want_delta, "step {i}: expected a delta");
+                    model = s.compile().ruleset;
+                }
+            }
+            let mut fresh = Session::new(node());
+            for (n, t) in &files {
+                fresh.set_file(src(n, t));
+            }
+            let full = fresh.compile();
+            assert_eq!(normal(&model), normal(&full.ruleset), "step {i}");
+            assert_eq!(s.ir(), Some(&full.ir), "step {i}");
+            let sorted = |mut v: Vec<String>| {
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(s.diagnostics().iter().map(|d| d.to_string()).collect()),
+                sorted(full.diagnostics.iter().map(|d| d.to_string()).collect()),
+                "step {i}"
+            );
+            assert_eq!(sorted(s.notes()), sorted(full.notes), "step {i}");
+        }
+    }
+
+    const EXTRA: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.13
+  ports: [{name: redis, port: 6379, nodePort: 30379}]
+"#;
+
+    #[test]
+    fn service_changes_are_deltas_unless_they_conflict() {
+        let db_slice = slice("db", "db-2", &[("10.0.5.5", "m", true)], &[("pg", 5432)]);
+        let bad = SERVICES.replace("clusterIP: 10.96.0.12", "clusterIP: 10.96.0.300");
+        let clash = EXTRA.replace("30379", "30080");
+        let headless = EXTRA.replace("type: NodePort\n  clusterIP: 10.96.0.13", "clusterIP: None");
+        steps(&[
+            // A Service's port changes; then another file adds a Service.
+            ("services.yaml", Some(&SERVICES.replace("5432", "5433")), true),
+            ("more.yaml", Some(EXTRA), true),
+            // Its slice arrives in yet another file; the Service goes away (the slice is
+            // then an orphan, with a warning); it comes back.
+            ("more-eps.yaml", Some(&slice("cache", "cache-1", &[("10.0.6.6", "n", true)], &[("redis", 6379)])), true),
+            ("more.yaml", None, true),
+            ("more.yaml", Some(EXTRA), true),
+            // Headless: no service ports, a note.
+            ("more.yaml", Some(&headless), true),
+            ("more.yaml", Some(EXTRA), true),
+            // An invalid Service (an error), then fixed.
+            ("services.yaml", Some(&bad), true),
+            ("services.yaml", Some(SERVICES), true),
+            // A nodePort another Service has: only a full compile decides who wins; and
+            // the loser stays in a conflict until a full compile.
+            ("more.yaml", Some(&clash), false),
+            ("more.yaml", Some(EXTRA), false),
+            ("more.yaml", Some(EXTRA.replace("6379", "6380").as_str()), true),
+            // A new file with only endpoints of a known Service.
+            ("db.yaml", Some(&db_slice), true),
+            // A Node changes: full.
+            ("node.yaml", Some("apiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels: {topology.kubernetes.io/zone: z1}\n"), false),
+        ]);
     }
 }
