@@ -5,7 +5,8 @@
 //!
 //!   ip netns add b; ip netns exec b cargo run --release --example sync -- 10000; ip netns del b
 //!
-//! Prints, for an endpoint replaced and for an endpoint added/removed, the median over 20
+//! Prints, for an endpoint replaced, an endpoint added/removed and a Service (ClusterIP + external
+//! IP, two endpoints) added/removed, the median over 20
 //! changes: total, compile (parse of the changed file + delta), apply, messages.
 
 #[path = "../fixtures/gen/cluster.rs"]
@@ -34,6 +35,8 @@ fn target(endpoint: u32, extra: bool) -> Source {
         text,
     }
 }
+
+const EXTRA: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: zz-bench}\nspec:\n  clusterIP: 10.96.255.251\n  externalIPs: [203.0.113.251]\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: extra-1\n  namespace: zz-bench\n  labels: {kubernetes.io/service-name: extra}\naddressType: IPv4\nendpoints:\n- addresses: [10.244.253.20]\n- addresses: [10.244.253.21]\nports:\n- {name: http, port: 8080, protocol: TCP}\n";
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -76,8 +79,19 @@ fn main() {
     // 1: one endpoint replaced by another (the count stays); 2: one endpoint added or removed.
     let replaced = measure(&mut session, &mut applier, |i| target(i, false));
     let count = measure(&mut session, &mut applier, |i| target(1000, i % 2 == 1));
+    // 3: a whole Service (ClusterIP and an external IP, two endpoints) added, then removed
+    // (the generated cluster uses up the NodePort range from 10k services on).
+    let service = measure(&mut session, &mut applier, |i| Source {
+        name: "extra.yaml".into(),
+        text: if i % 2 == 1 {
+            EXTRA.into()
+        } else {
+            String::new()
+        },
+    });
     println!("replaced: {replaced}");
     println!("added/removed: {count}");
+    println!("service: {service}");
 }
 
 /// Median over 20 changes of what `svcc run` does: the session's delta, sent by the applier.
@@ -87,9 +101,7 @@ fn measure(session: &mut Session, applier: &mut Applier, src: impl Fn(u32) -> So
     for i in 1..=20 {
         let t0 = Instant::now();
         assert!(session.set_file(src(i)));
-        let inc = session
-            .compile_delta()
-            .expect("an endpoint change is a delta");
+        let inc = session.compile_delta().expect("the change is a delta");
         let t1 = Instant::now();
         let r = applier
             .apply_delta(&inc.delta, &ApplyOptions::default())

@@ -696,7 +696,8 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
                 });
             }
         };
-        // Same order as a difference of whole models (see `table_diff`).
+        // Same order as a difference of whole models (see `table_diff`): every new chain
+        // before any rule, since rules jump to each other's chains.
         for ch in &td.chains {
             if let ChainChange::Add(c) = ch {
                 ops.push(Op::AddChain {
@@ -704,6 +705,10 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
                     table: tn,
                     chain: c,
                 });
+            }
+        }
+        for ch in &td.chains {
+            if let ChainChange::Add(c) = ch {
                 rules(&mut ops, c);
             }
         }

@@ -160,6 +160,41 @@ fn deltas(dual_stack: bool) {
         }
     }
     assert!(n_deltas >= 2, "only {n_deltas} deltas");
+
+    // Whole Services come and go as deltas too: one with an external IP (its external chain
+    // jumps to its cluster chain, both new in the same transaction), then its removal.
+    let extra = "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: zz}\nspec:\n  clusterIP: 10.96.255.251\n  externalIPs: [203.0.113.251]\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: extra-1\n  namespace: zz\n  labels: {kubernetes.io/service-name: extra}\naddressType: IPv4\nendpoints:\n- addresses: [10.244.253.20]\n- addresses: [10.244.253.21]\nports:\n- {name: http, port: 8080, protocol: TCP}\n";
+    let last = cluster_at(&base, 5, dual_stack);
+    for text in [extra, ""] {
+        s.set_file(Source {
+            name: "extra.yaml".into(),
+            text: text.into(),
+        });
+        let inc = s.compile_delta().expect("a Service change is a delta");
+        let rep = ap
+            .apply_delta(&inc.delta, &opts)
+            .unwrap()
+            .expect("applied as a delta");
+        assert!(rep.committed && !rep.full, "{rep:?}");
+        let mut full = Session::new(settings());
+        full.set_file(last.clone());
+        full.set_file(Source {
+            name: "extra.yaml".into(),
+            text: text.into(),
+        });
+        let oracle = Netns::new();
+        oracle
+            .nft_f(&svcc_compiler::nft::render::render_replace(
+                &full.compile().ruleset,
+            ))
+            .expect("nft -f");
+        assert_eq!(
+            sort_blocks(&sort_elements(&ns.list_table("ip"))),
+            sort_blocks(&sort_elements(&oracle.list_table("ip"))),
+            "Service {}",
+            if text.is_empty() { "removed" } else { "added" }
+        );
+    }
     // The whole model after the deltas is what the applier believes the kernel holds.
     let rep = ap.apply_owned(s.compile().ruleset, &opts).unwrap();
     assert_eq!(rep.reason, "no change", "{rep:?}");
