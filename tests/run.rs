@@ -660,7 +660,7 @@ fn stable_service_unaffected_by_500_changes_of_another() {
     let deltas = d
         .log_text()
         .lines()
-        .filter(|l| l.contains("kind=\"partial\"") && l.contains("incremental (endpoints)"))
+        .filter(|l| l.contains("kind=\"partial\"") && l.contains("incremental (changed services)"))
         .count();
     assert!(
         deltas as f64 >= syncs * 0.9,

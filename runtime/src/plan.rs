@@ -769,6 +769,6 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
     Ok(Plan {
         ops,
         full: false,
-        reason: "incremental (endpoints)".into(),
+        reason: "incremental (changed services)".into(),
     })
 }
