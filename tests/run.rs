@@ -656,6 +656,16 @@ fn stable_service_unaffected_by_500_changes_of_another() {
         m["kubeproxy_conntrack_reconciler_sync_duration_seconds_count"],
     );
     assert!(syncs >= CHANGES as f64, "only {syncs} syncs");
+    // Endpoint-only changes go to the kernel as deltas of the changed Service, not whole models.
+    let deltas = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("kind=\"partial\"") && l.contains("incremental (changed services)"))
+        .count();
+    assert!(
+        deltas as f64 >= syncs * 0.9,
+        "{deltas} of {syncs} partial syncs were endpoint deltas"
+    );
     assert!(
         failed.is_empty(),
         "{} failures, first: {:?}",

@@ -6,6 +6,7 @@
 //! generated rules can say which object made them.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -34,8 +35,9 @@ pub struct FamilyIr {
     pub masquerade_mark: u32,
     /// Service CIDRs: a destination in them that is not an allocated ClusterIP is dropped.
     pub service_cidrs: Vec<IpNet>,
-    /// Sorted by (namespace, name, port name, protocol).
-    pub service_ports: Vec<ServicePort>,
+    /// Sorted by (namespace, name, port name, protocol). Shared: the long-running applier
+    /// replaces the few that change and keeps the rest (see `session`).
+    pub service_ports: Vec<Arc<ServicePort>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -3,8 +3,9 @@
 //!
 //! One invalid object never blocks the rest: it gets a diagnostic and is left out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -56,7 +57,7 @@ struct SvcPort {
 
 /// One endpoint of one service port, before categorisation.
 #[derive(Debug, Clone)]
-struct Ep {
+pub(crate) struct Ep {
     addr: IpAddr,
     port: u16,
     node: Option<String>,
@@ -68,7 +69,7 @@ struct Ep {
 }
 
 /// Endpoints of one Service keyed by (port name, protocol).
-type EpMap = BTreeMap<(String, L4Proto), Vec<Ep>>;
+pub(crate) type EpMap = BTreeMap<(String, L4Proto), Vec<Ep>>;
 
 /// Lowers every object of `parsed` (see [`lower_objects`]).
 pub fn lower(
@@ -87,6 +88,55 @@ pub fn lower_objects<'a>(
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
 ) -> Ir {
+    lower_tracked(objects, settings, diags, notes).0
+}
+
+/// `namespace`, `name` of a Service.
+pub(crate) type SvcKey = (String, String);
+
+/// What an incremental re-lowering of one Service needs from the last full lowering (see
+/// [`crate::session`]).
+#[derive(Debug, Default)]
+pub(crate) struct Tracking {
+    /// The node's zone (from its Node object), for topology hints.
+    pub zone: Option<String>,
+    /// The diagnostics (indexes into the `diags` given) about each Service: its own
+    /// validation, its endpoint objects, its slices when it is not lowered.
+    pub service_diags: Vec<(SvcKey, std::ops::Range<usize>)>,
+    /// The notes (indexes into `notes`) about each Service.
+    pub service_notes: Vec<(SvcKey, std::ops::Range<usize>)>,
+    /// Services in a conflict (duplicate, nodePort or frontend served twice), either side:
+    /// which one wins depends on the input order, so only a full lowering decides.
+    pub conflicted: HashSet<SvcKey>,
+    /// NodePorts of the lowered Services.
+    pub node_ports: HashMap<(L4Proto, u16), SvcKey>,
+}
+
+/// `ns/name` (as diagnostics name a Service) back to its key.
+fn key_of(s: &str) -> SvcKey {
+    let (ns, name) = s.split_once('/').unwrap_or(("", s));
+    (ns.to_string(), name.to_string())
+}
+
+/// The key of a Service object, valid or not.
+pub(crate) fn service_key(s: &Service) -> SvcKey {
+    (
+        s.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        s.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// [`lower_objects`], also saying which diagnostics came from which Service's endpoints.
+pub(crate) fn lower_tracked<'a>(
+    objects: impl IntoIterator<Item = &'a (Origin, Object)>,
+    settings: &NodeSettings,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> (Ir, Tracking) {
+    let mut tracking = Tracking::default();
     let mut node_zone: Option<String> = None;
     let mut service_cidrs: Vec<IpNet> = settings.service_cidrs.clone();
     let mut services: Vec<Svc> = Vec::new();
@@ -128,11 +178,17 @@ pub fn lower_objects<'a>(
                 }
             }
             Object::Service(s) => {
-                let Some(v) = validate_service(origin, s, diags, notes) else {
+                let (d0, n0) = (diags.len(), notes.len());
+                let v = validate_service(origin, s, diags, notes);
+                let sk = service_key(s);
+                tracking.service_diags.push((sk.clone(), d0..diags.len()));
+                tracking.service_notes.push((sk, n0..notes.len()));
+                let Some(v) = v else {
                     continue;
                 };
                 let k = (v.namespace.clone(), v.name.clone());
                 if seen.contains_key(&k) {
+                    tracking.conflicted.insert(k.clone());
                     diags.push(Diagnostic::at_field(
                         Severity::Error,
                         origin,
@@ -152,6 +208,8 @@ pub fn lower_objects<'a>(
                     }
                 }
                 if let Some((i, np, other)) = clash {
+                    tracking.conflicted.insert(k.clone());
+                    tracking.conflicted.insert(key_of(&other));
                     diags.push(Diagnostic::at_field(
                         Severity::Error,
                         origin,
@@ -207,21 +265,14 @@ pub fn lower_objects<'a>(
     // Endpoint data without a Service: a warning (kube-proxy ignores it too).
     for ((ns, svc), list) in &slices {
         if !seen.contains_key(&(ns.clone(), svc.clone())) {
-            for (origin, es) in list {
-                diags.push(Diagnostic::at_field(
-                    Severity::Warning,
-                    origin,
-                    Some(format!(
-                        "EndpointSlice {ns}/{}",
-                        es.metadata.name.clone().unwrap_or_default()
-                    )),
-                    &[key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
-                    format!("Service {ns}/{svc} is not in the input; the slice is ignored"),
-                ));
-            }
+            let d0 = diags.len();
+            orphan_slices(&(ns.clone(), svc.clone()), list, diags);
+            tracking
+                .service_diags
+                .push(((ns.clone(), svc.clone()), d0..diags.len()));
         }
     }
-
+    tracking.node_ports = node_ports.iter().map(|(p, k)| (*p, key_of(k))).collect();
     // Families: those of the node IPs; without any, those the Services use.
     let mut families: BTreeSet<Family> = settings.node_ips.iter().map(Family::of).collect();
     if families.is_empty() {
@@ -238,15 +289,18 @@ pub fn lower_objects<'a>(
     let mut eps_by_svc: HashMap<(String, String), EpMap> = HashMap::new();
     for s in &services {
         let k = (s.namespace.clone(), s.name.clone());
-        let map = if let Some(list) = slices.get(&k) {
-            collect_slices(list, diags)
-        } else if let Some((origin, ep)) = legacy.get(&k) {
-            collect_legacy(origin, ep, diags)
-        } else {
-            EpMap::new()
-        };
+        let start = diags.len();
+        let map = service_endpoints(
+            slices.get(&k).map(Vec::as_slice).unwrap_or_default(),
+            legacy.get(&k).copied(),
+            diags,
+        );
+        if diags.len() > start {
+            tracking.service_diags.push((k.clone(), start..diags.len()));
+        }
         eps_by_svc.insert(k, map);
     }
+    tracking.zone = node_zone.clone();
 
     let mut fams = Vec::new();
     for fam in families {
@@ -308,127 +362,65 @@ pub fn lower_objects<'a>(
         };
         // (address, protocol, port) of every frontend so far: a second Service on the same one
         // is an input error (the kernel's maps cannot hold both).
-        let mut taken: HashMap<(Option<IpAddr>, L4Proto, u16), String> = HashMap::new();
+        let mut taken = Taken::new();
         for s in &services {
-            let Some(cip) = s.cluster_ips.iter().copied().find(is_fam) else {
-                continue;
-            };
             let eps = &eps_by_svc[&(s.namespace.clone(), s.name.clone())];
-            for p in &s.ports {
-                let name = ServicePortName {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
-                    port: p.name.clone(),
-                    protocol: p.protocol,
-                };
-                let mut frontends = vec![Frontend {
-                    kind: FrontendKind::ClusterIp,
-                    addr: Some(cip),
-                    port: p.port,
-                }];
-                if let Some(np) = p.node_port {
-                    frontends.push(Frontend {
-                        kind: FrontendKind::NodePort,
-                        addr: None,
-                        port: np,
-                    });
-                }
-                for a in s.external_ips.iter().filter(|a| is_fam(a)) {
-                    frontends.push(Frontend {
-                        kind: FrontendKind::ExternalIp,
-                        addr: Some(*a),
-                        port: p.port,
-                    });
-                }
-                for a in s.lb_ips.iter().filter(|a| is_fam(a)) {
-                    frontends.push(Frontend {
-                        kind: FrontendKind::LoadBalancer,
-                        addr: Some(*a),
-                        port: p.port,
-                    });
-                }
-                frontends.retain(|fe| {
-                    let k = (fe.addr, p.protocol, fe.port);
-                    if let Some(other) = taken.get(&k) {
-                        if *other != format!("{}/{}", s.namespace, s.name) {
-                            let what = match fe.addr {
-                                Some(a) => format!("{a} port {}", fe.port),
-                                None => format!("nodePort {}", fe.port),
-                            };
-                            let field: &[PathSeg] = match fe.kind {
-                                FrontendKind::ClusterIp => &[key("spec"), key("clusterIP")],
-                                FrontendKind::ExternalIp => &[key("spec"), key("externalIPs")],
-                                FrontendKind::LoadBalancer => {
-                                    &[key("status"), key("loadBalancer"), key("ingress")]
-                                }
-                                FrontendKind::NodePort => &[key("spec"), key("ports")],
-                            };
-                            diags.push(Diagnostic::at_field(
-                                Severity::Error,
-                                s.origin,
-                                Some(format!("Service {}/{}", s.namespace, s.name)),
-                                field,
-                                format!(
-                                    "{what}/{} is already served by Service {other}; ignored here",
-                                    p.protocol.keyword()
-                                ),
-                            ));
-                            return false;
-                        }
-                    }
-                    taken.insert(k, format!("{}/{}", s.namespace, s.name));
-                    true
-                });
-                if frontends.first().map(|f| f.kind) != Some(FrontendKind::ClusterIp) {
-                    continue;
-                }
-                let externally_accessible = frontends.len() > 1;
-                let policy = Policy {
-                    external_local: s.external_local && externally_accessible,
-                    internal_local: s.internal_local,
-                    affinity_timeout: s.affinity_timeout,
-                    source_ranges: s
-                        .source_ranges
-                        .iter()
-                        .copied()
-                        .filter(|n| is_fam(&n.addr()))
-                        .collect(),
-                    allow_lb_ips_as_source: false,
-                    health_check_node_port: s.health_check_node_port.filter(|_| s.external_local),
-                };
-                let mut policy = policy;
-                policy.allow_lb_ips_as_source = policy
-                    .source_ranges
-                    .iter()
-                    .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
-                let port_eps: Vec<Ep> = eps
-                    .get(&(p.name.clone(), p.protocol))
-                    .map(|v| v.iter().filter(|e| is_fam(&e.addr)).cloned().collect())
-                    .unwrap_or_default();
-                let backends = categorize(
-                    &port_eps,
-                    &policy,
-                    externally_accessible,
-                    &settings.hostname,
-                    node_zone.as_deref(),
-                );
-                fir.service_ports.push(ServicePort {
-                    name,
-                    provenance: Provenance {
-                        file: s.origin.file.to_string(),
-                        object_path: s.origin.object_path(),
-                    },
-                    protocol: p.protocol,
-                    frontends,
-                    backends,
-                    policy,
-                });
-            }
+            family_ports(
+                s,
+                eps,
+                fam,
+                &node_ips,
+                settings,
+                node_zone.as_deref(),
+                &mut taken,
+                diags,
+                &mut tracking.conflicted,
+                &mut fir.service_ports,
+            );
         }
         fir.service_ports.sort_by(|a, b| a.name.cmp(&b.name));
         fams.push(fir);
     }
-    Ir { families: fams }
+    (Ir { families: fams }, tracking)
+}
+
+/// The endpoints of one Service: from its EndpointSlices, else from its legacy Endpoints.
+pub(crate) fn service_endpoints(
+    slices: &[(&Origin, &EndpointSlice)],
+    legacy: Option<(&Origin, &Endpoints)>,
+    diags: &mut Vec<Diagnostic>,
+) -> EpMap {
+    if !slices.is_empty() {
+        collect_slices(slices, diags)
+    } else if let Some((origin, ep)) = legacy {
+        collect_legacy(origin, ep, diags)
+    } else {
+        EpMap::new()
+    }
+}
+
+/// The backends of one service port of one family (kube-proxy's `CategorizeEndpoints`).
+#[allow(clippy::too_many_arguments)] // the inputs of CategorizeEndpoints, each named
+pub(crate) fn port_backends(
+    eps: &EpMap,
+    port_name: &str,
+    protocol: L4Proto,
+    fam: Family,
+    policy: &Policy,
+    externally_accessible: bool,
+    hostname: &str,
+    zone: Option<&str>,
+) -> Backends {
+    let port_eps: Vec<Ep> = eps
+        .get(&(port_name.to_string(), protocol))
+        .map(|v| {
+            v.iter()
+                .filter(|e| Family::of(&e.addr) == fam)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    categorize(&port_eps, policy, externally_accessible, hostname, zone)
 }
 
 fn dedup_sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -1131,4 +1123,241 @@ fn categorize(
             .collect();
     }
     out
+}
+
+/// The Service an EndpointSlice (by its service-name label) or legacy Endpoints (by its name)
+/// belongs to; None for other objects and for unlabelled slices.
+pub(crate) fn endpoint_owner(obj: &Object) -> Option<SvcKey> {
+    let (meta, label) = match obj {
+        Object::EndpointSlice(es) => (&es.metadata, true),
+        Object::Endpoints(ep) => (&ep.metadata, false),
+        _ => return None,
+    };
+    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = if label {
+        meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone()
+    } else {
+        meta.name.clone().unwrap_or_default()
+    };
+    Some((ns, name))
+}
+
+/// (address — None for a NodePort —, protocol, port) -> the Service (`ns/name`) serving it.
+type Taken = HashMap<(Option<IpAddr>, L4Proto, u16), String>;
+
+/// The service ports of one valid Service in one family, after the frontends other Services
+/// already serve (`taken`, which this extends) are reported and left out.
+#[allow(clippy::too_many_arguments)] // one Service's lowering context, each named
+fn family_ports(
+    s: &Svc,
+    eps: &EpMap,
+    fam: Family,
+    node_ips: &[IpAddr],
+    settings: &NodeSettings,
+    zone: Option<&str>,
+    taken: &mut Taken,
+    diags: &mut Vec<Diagnostic>,
+    conflicted: &mut HashSet<SvcKey>,
+    out: &mut Vec<Arc<ServicePort>>,
+) {
+    let is_fam = |a: &IpAddr| Family::of(a) == fam;
+    let Some(cip) = s.cluster_ips.iter().copied().find(is_fam) else {
+        return;
+    };
+    for p in &s.ports {
+        let name = ServicePortName {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            port: p.name.clone(),
+            protocol: p.protocol,
+        };
+        let mut frontends = vec![Frontend {
+            kind: FrontendKind::ClusterIp,
+            addr: Some(cip),
+            port: p.port,
+        }];
+        if let Some(np) = p.node_port {
+            frontends.push(Frontend {
+                kind: FrontendKind::NodePort,
+                addr: None,
+                port: np,
+            });
+        }
+        for a in s.external_ips.iter().filter(|a| is_fam(a)) {
+            frontends.push(Frontend {
+                kind: FrontendKind::ExternalIp,
+                addr: Some(*a),
+                port: p.port,
+            });
+        }
+        for a in s.lb_ips.iter().filter(|a| is_fam(a)) {
+            frontends.push(Frontend {
+                kind: FrontendKind::LoadBalancer,
+                addr: Some(*a),
+                port: p.port,
+            });
+        }
+        frontends.retain(|fe| {
+            let k = (fe.addr, p.protocol, fe.port);
+            if let Some(other) = taken.get(&k) {
+                if *other != format!("{}/{}", s.namespace, s.name) {
+                    conflicted.insert((s.namespace.clone(), s.name.clone()));
+                    conflicted.insert(key_of(other));
+                    let what = match fe.addr {
+                        Some(a) => format!("{a} port {}", fe.port),
+                        None => format!("nodePort {}", fe.port),
+                    };
+                    let field: &[PathSeg] = match fe.kind {
+                        FrontendKind::ClusterIp => &[key("spec"), key("clusterIP")],
+                        FrontendKind::ExternalIp => &[key("spec"), key("externalIPs")],
+                        FrontendKind::LoadBalancer => {
+                            &[key("status"), key("loadBalancer"), key("ingress")]
+                        }
+                        FrontendKind::NodePort => &[key("spec"), key("ports")],
+                    };
+                    diags.push(Diagnostic::at_field(
+                        Severity::Error,
+                        s.origin,
+                        Some(format!("Service {}/{}", s.namespace, s.name)),
+                        field,
+                        format!(
+                            "{what}/{} is already served by Service {other}; ignored here",
+                            p.protocol.keyword()
+                        ),
+                    ));
+                    return false;
+                }
+            }
+            taken.insert(k, format!("{}/{}", s.namespace, s.name));
+            true
+        });
+        if frontends.first().map(|f| f.kind) != Some(FrontendKind::ClusterIp) {
+            continue;
+        }
+        let externally_accessible = frontends.len() > 1;
+        let policy = Policy {
+            external_local: s.external_local && externally_accessible,
+            internal_local: s.internal_local,
+            affinity_timeout: s.affinity_timeout,
+            source_ranges: s
+                .source_ranges
+                .iter()
+                .copied()
+                .filter(|n| is_fam(&n.addr()))
+                .collect(),
+            allow_lb_ips_as_source: false,
+            health_check_node_port: s.health_check_node_port.filter(|_| s.external_local),
+        };
+        let mut policy = policy;
+        policy.allow_lb_ips_as_source = policy
+            .source_ranges
+            .iter()
+            .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+        let backends = port_backends(
+            eps,
+            &p.name,
+            p.protocol,
+            fam,
+            &policy,
+            externally_accessible,
+            &settings.hostname,
+            zone,
+        );
+        out.push(Arc::new(ServicePort {
+            name,
+            provenance: Provenance {
+                file: s.origin.file.to_string(),
+                object_path: s.origin.object_path(),
+            },
+            protocol: p.protocol,
+            frontends,
+            backends,
+            policy,
+        }));
+    }
+}
+
+/// Slices of a Service that is not lowered: a warning each (kube-proxy ignores them too).
+pub(crate) fn orphan_slices(
+    k: &SvcKey,
+    list: &[(&Origin, &EndpointSlice)],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let (ns, svc) = k;
+    for (origin, es) in list {
+        diags.push(Diagnostic::at_field(
+            Severity::Warning,
+            origin,
+            Some(format!(
+                "EndpointSlice {ns}/{}",
+                es.metadata.name.clone().unwrap_or_default()
+            )),
+            &[key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
+            format!("Service {ns}/{svc} is not in the input; the slice is ignored"),
+        ));
+    }
+}
+
+/// One Service lowered alone, for the compile session's deltas: the caller has made sure no
+/// other Service claims its nodePorts or frontends (see [`Tracking::conflicted`]).
+pub(crate) struct LoweredService {
+    /// Per family of `families`, its service ports (sorted).
+    pub ports: Vec<Vec<Arc<ServicePort>>>,
+    pub node_ports: Vec<(L4Proto, u16)>,
+}
+
+/// Lowers one Service (None: absent or invalid) with its endpoint objects, into the families
+/// of a previous full lowering. Diagnostics and notes are those a full lowering gives about it.
+#[allow(clippy::too_many_arguments)] // one Service's lowering context, each named
+pub(crate) fn lower_service(
+    service: Option<(&Origin, &Service)>,
+    k: &SvcKey,
+    slices: &[(&Origin, &EndpointSlice)],
+    legacy: Option<(&Origin, &Endpoints)>,
+    families: &[&FamilyIr],
+    settings: &NodeSettings,
+    zone: Option<&str>,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> LoweredService {
+    let v = service.and_then(|(o, s)| validate_service(o, s, diags, notes));
+    let Some(v) = v else {
+        if !slices.is_empty() {
+            orphan_slices(k, slices, diags);
+        }
+        return LoweredService {
+            ports: families.iter().map(|_| Vec::new()).collect(),
+            node_ports: Vec::new(),
+        };
+    };
+    let eps = service_endpoints(slices, legacy, diags);
+    let mut conflicted = HashSet::new();
+    let ports = families
+        .iter()
+        .map(|f| {
+            let mut out = Vec::new();
+            family_ports(
+                &v,
+                &eps,
+                f.family,
+                &f.node_ips,
+                settings,
+                zone,
+                &mut Taken::new(),
+                diags,
+                &mut conflicted,
+                &mut out,
+            );
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out
+        })
+        .collect();
+    LoweredService {
+        ports,
+        node_ports: v
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port.map(|np| (p.protocol, np)))
+            .collect(),
+    }
 }

@@ -1,24 +1,106 @@
 //! A compile session for the long-running applier: inputs are kept per file, and only files
 //! whose text changed are parsed again. Invalid objects never stop the rest (keep-going is
 //! the only mode here): they come back as diagnostics, each located in its file.
+//!
+//! Two ways to compile:
+//! - [`Session::compile`]: lower and build everything (a full model);
+//! - [`Session::compile_delta`]: when, since the last compile, only Services and their
+//!   endpoint objects (EndpointSlices, legacy Endpoints) changed, re-lower just those Services
+//!   and return the [`Delta`] of their service ports' parts. Its cost is that of the changed
+//!   Services, not of the cluster. It declines (the caller compiles in full) when a Node or
+//!   ServiceCIDR changed, or when a changed Service is or would be in a conflict with another
+//!   (a duplicate, a nodePort or frontend served twice): which one wins depends on the input
+//!   order, so only a full lowering decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::NodeSettings;
-use crate::diag::Diagnostic;
-use crate::manifest::{self, Parsed, Source};
-use crate::{lower, nft, Output};
+use crate::diag::{Diagnostic, Origin};
+use crate::ir::{FamilyIr, FrontendKind, Ir, ServicePort};
+use crate::lower::{self, Note, SvcKey};
+use crate::manifest::{self, Object, Parsed, Skipped, Source};
+use crate::nft::build::{self, EndpointIds};
+use crate::nft::delta::{Delta, NotIncremental, TableDeltaBuilder};
+use crate::nft::model::{Element, L4Proto, Value};
+use crate::{names, nft, Output};
+
+/// Where a file's Services and endpoint objects are, by Service (object indexes).
+#[derive(Default)]
+struct ServiceIndex {
+    services: HashMap<SvcKey, Vec<usize>>,
+    slices: HashMap<SvcKey, Vec<usize>>,
+    legacy: HashMap<SvcKey, usize>,
+}
+
+impl ServiceIndex {
+    /// The objects of one Service, in file order.
+    fn objects(&self, k: &SvcKey) -> Vec<usize> {
+        let mut l = self.services.get(k).cloned().unwrap_or_default();
+        l.extend(self.slices.get(k).into_iter().flatten());
+        l.extend(self.legacy.get(k));
+        l.sort_unstable();
+        l
+    }
+}
 
 struct FileState {
     source: Source,
     parsed: Parsed,
     /// Parse diagnostics, already located.
     diags: Vec<Diagnostic>,
+    index: ServiceIndex,
+}
+
+/// What changed since the last compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dirty {
+    Clean,
+    /// Only these Services and their endpoint objects.
+    Services(BTreeSet<SvcKey>),
+    Full,
+}
+
+/// A frontend a Service serves in a family: (address — None for a NodePort —, protocol, port).
+type Claim = (Option<IpAddr>, L4Proto, u16);
+
+/// The state of the last compile that [`Session::compile_delta`] updates in place.
+struct Compiled {
+    ir: Ir,
+    /// Per family (as `ir.families`).
+    ids: Vec<EndpointIds>,
+    /// Per family: how many service ports have each endpoint address (`hairpin` elements).
+    hairpin: Vec<HashMap<IpAddr, u32>>,
+    /// Per family: how many service ports have each ClusterIP (`cluster-ips` elements).
+    cluster_ips: Vec<HashMap<IpAddr, u32>>,
+    /// Per family: which Service serves each frontend.
+    frontends: Vec<HashMap<Claim, SvcKey>>,
+    node_ports: HashMap<(L4Proto, u16), SvcKey>,
+    conflicted: HashSet<SvcKey>,
+    zone: Option<String>,
+    /// Lowering diagnostics and notes, located: those about each Service, and the rest.
+    service_diags: BTreeMap<SvcKey, Vec<Diagnostic>>,
+    other_diags: Vec<Diagnostic>,
+    service_notes: BTreeMap<SvcKey, Vec<Note>>,
+    other_notes: Vec<Note>,
+}
+
+/// What [`Session::compile_delta`] gives. The state it leads to (IR, diagnostics) is read
+/// from the session afterwards ([`Session::ir`], [`Session::diagnostics`]): nothing here is
+/// proportional to the size of the cluster.
+#[derive(Debug)]
+pub struct Incremental {
+    pub delta: Delta,
+    /// Service ports whose backends changed.
+    pub changed_ports: usize,
 }
 
 pub struct Session {
     settings: NodeSettings,
     files: BTreeMap<String, FileState>,
+    dirty: Dirty,
+    compiled: Option<Compiled>,
 }
 
 impl Session {
@@ -26,6 +108,8 @@ impl Session {
         Session {
             settings,
             files: BTreeMap::new(),
+            dirty: Dirty::Full,
+            compiled: None,
         }
     }
 
@@ -45,20 +129,40 @@ impl Session {
         let mut diags = Vec::new();
         let parsed = manifest::parse_sources(std::slice::from_ref(&source), &mut diags);
         manifest::locate(&mut diags, std::slice::from_ref(&source));
-        self.files.insert(
-            source.name.clone(),
-            FileState {
-                source,
-                parsed,
-                diags,
-            },
-        );
+        let index = index_services(&parsed);
+        let state = FileState {
+            source,
+            parsed,
+            diags,
+            index,
+        };
+        let change = object_change(self.files.get(&state.source.name), Some(&state));
+        self.mark(change);
+        self.files.insert(state.source.name.clone(), state);
         true
     }
 
     /// Forgets a file; returns whether it was known.
     pub fn remove_file(&mut self, name: &str) -> bool {
-        self.files.remove(name).is_some()
+        match self.files.remove(name) {
+            Some(old) => {
+                let change = object_change(Some(&old), None);
+                self.mark(change);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mark(&mut self, change: Option<BTreeSet<SvcKey>>) {
+        self.dirty = match (std::mem::replace(&mut self.dirty, Dirty::Full), change) {
+            (Dirty::Full, _) | (_, None) => Dirty::Full,
+            (Dirty::Clean, Some(s)) => Dirty::Services(s),
+            (Dirty::Services(mut a), Some(b)) => {
+                a.extend(b);
+                Dirty::Services(a)
+            }
+        };
     }
 
     /// Names of the files in the session.
@@ -67,53 +171,563 @@ impl Session {
     }
 
     /// Lowers and builds everything the session holds; every diagnostic comes back located.
-    pub fn compile(&self) -> Output {
-        let mut diags: Vec<Diagnostic> = self
-            .files
-            .values()
-            .flat_map(|f| f.diags.iter().cloned())
-            .collect();
+    pub fn compile(&mut self) -> Output {
         let mut notes = Vec::new();
         let mut lower_diags = Vec::new();
-        let ir = lower::lower_objects(
+        let (ir, tracking) = lower::lower_tracked(
             self.files.values().flat_map(|f| f.parsed.objects.iter()),
             &self.settings,
             &mut lower_diags,
             &mut notes,
         );
+        self.locate(&mut lower_diags);
+        // Split the lowering diagnostics and notes: per Service, and the rest.
+        let (service_diags, other_diags) = split(lower_diags, &tracking.service_diags);
+        let (service_notes, other_notes) = split(notes, &tracking.service_notes);
+        let ruleset = nft::build::build(&ir);
+        let claims = |f: &FamilyIr| -> HashMap<Claim, SvcKey> {
+            f.service_ports
+                .iter()
+                .flat_map(|sp| {
+                    let k = (sp.name.namespace.clone(), sp.name.name.clone());
+                    sp.frontends
+                        .iter()
+                        .map(move |fe| ((fe.addr, sp.protocol, fe.port), k.clone()))
+                })
+                .collect()
+        };
+        let compiled = Compiled {
+            ids: ir.families.iter().map(build::endpoint_ids).collect(),
+            hairpin: ir.families.iter().map(hairpin_counts).collect(),
+            cluster_ips: ir.families.iter().map(cluster_ip_counts).collect(),
+            frontends: ir.families.iter().map(claims).collect(),
+            ir,
+            node_ports: tracking.node_ports,
+            conflicted: tracking.conflicted,
+            zone: tracking.zone,
+            service_diags,
+            other_diags,
+            service_notes,
+            other_notes,
+        };
+        let out = Output {
+            ir: compiled.ir.clone(),
+            ruleset,
+            diagnostics: self.all_diagnostics(&compiled),
+            notes: all_notes(&compiled),
+            skipped: self.skipped(),
+        };
+        self.compiled = Some(compiled);
+        self.dirty = Dirty::Clean;
+        out
+    }
+
+    /// The change since the last compile as a delta, when only endpoints changed (see the
+    /// module doc); None when a full [`compile`](Self::compile) is needed.
+    pub fn compile_delta(&mut self) -> Option<Incremental> {
+        let changed = match (&self.dirty, &self.compiled) {
+            (_, None) | (Dirty::Full, _) => return None,
+            (Dirty::Clean, Some(_)) => BTreeSet::new(),
+            (Dirty::Services(s), Some(_)) => s.clone(),
+        };
+        match self.relower(&changed) {
+            Ok((changed_ports, delta)) => {
+                self.dirty = Dirty::Clean;
+                Some(Incremental {
+                    delta,
+                    changed_ports,
+                })
+            }
+            Err(_) => {
+                self.dirty = Dirty::Full;
+                None
+            }
+        }
+    }
+
+    /// Re-lowers the `changed` Services; updates the compiled state only if the whole change
+    /// can be expressed as a delta.
+    fn relower(&mut self, changed: &BTreeSet<SvcKey>) -> Result<(usize, Delta), NotIncremental> {
+        let c = self.compiled.as_ref().expect("compiled");
+        let no = |why: String| Err(NotIncremental(why));
+        if self.settings.node_ips.is_empty() {
+            // The families then follow the Services' ClusterIPs.
+            return no("no node IP: the families depend on the Services".into());
+        }
+        let families: Vec<&FamilyIr> = c.ir.families.iter().collect();
+        let mut new_diags: BTreeMap<SvcKey, Vec<Diagnostic>> = BTreeMap::new();
+        let mut new_notes: BTreeMap<SvcKey, Vec<Note>> = BTreeMap::new();
+        // Per changed Service: its new service ports per family, its nodePorts.
+        let mut lowered: Vec<(SvcKey, lower::LoweredService)> = Vec::new();
+        for k in changed {
+            if c.conflicted.contains(k) {
+                return no(format!("{}/{} was in a conflict", k.0, k.1));
+            }
+            let mut service = Vec::new();
+            let mut slices = Vec::new();
+            let mut legacy = None;
+            for f in self.files.values() {
+                for &i in f.index.services.get(k).into_iter().flatten() {
+                    if let (o, Object::Service(s)) = &f.parsed.objects[i] {
+                        service.push((o, s.as_ref()));
+                    }
+                }
+                for &i in f.index.slices.get(k).into_iter().flatten() {
+                    if let (o, Object::EndpointSlice(es)) = &f.parsed.objects[i] {
+                        slices.push((o, es.as_ref()));
+                    }
+                }
+                if let Some(&i) = f.index.legacy.get(k) {
+                    if let (o, Object::Endpoints(ep)) = &f.parsed.objects[i] {
+                        legacy = Some((o, ep.as_ref()));
+                    }
+                }
+            }
+            if service.len() > 1 {
+                return no(format!("{}/{} is defined more than once", k.0, k.1));
+            }
+            let (mut diags, mut notes) = (Vec::new(), Vec::new());
+            let l = lower::lower_service(
+                service.first().copied(),
+                k,
+                &slices,
+                legacy,
+                &families,
+                &self.settings,
+                c.zone.as_deref(),
+                &mut diags,
+                &mut notes,
+            );
+            // Claims another Service holds: a conflict only a full lowering can decide.
+            for np in &l.node_ports {
+                if c.node_ports.get(np).is_some_and(|o| o != k) {
+                    return no(format!("nodePort {} of {}/{} is taken", np.1, k.0, k.1));
+                }
+            }
+            for (fi, ports) in l.ports.iter().enumerate() {
+                for sp in ports {
+                    for fe in &sp.frontends {
+                        let claim = (fe.addr, sp.protocol, fe.port);
+                        if c.frontends[fi].get(&claim).is_some_and(|o| o != k) {
+                            return no(format!("a frontend of {}/{} is taken", k.0, k.1));
+                        }
+                    }
+                }
+            }
+            // Claims inside the changed set are checked against each other too.
+            new_diags.insert(k.clone(), diags);
+            new_notes.insert(k.clone(), notes);
+            lowered.push((k.clone(), l));
+        }
+        {
+            let mut seen_np = HashSet::new();
+            let mut seen_fe = HashSet::new();
+            for (_, l) in &lowered {
+                for np in &l.node_ports {
+                    if !seen_np.insert(*np) {
+                        return no("two changed Services share a nodePort".into());
+                    }
+                }
+                for (fi, ports) in l.ports.iter().enumerate() {
+                    let mut mine = HashSet::new();
+                    for sp in ports {
+                        for fe in &sp.frontends {
+                            mine.insert((fi, fe.addr, sp.protocol, fe.port));
+                        }
+                    }
+                    for m in mine {
+                        if !seen_fe.insert(m) {
+                            return no("two changed Services share a frontend".into());
+                        }
+                    }
+                }
+            }
+        }
+        // The delta, table by table; nothing is changed yet.
+        let mut delta = Delta::default();
+        let mut ids: Vec<EndpointIds> = c.ids.clone();
+        let mut changed_ports = 0;
+        for (fi, f) in c.ir.families.iter().enumerate() {
+            let mut b = TableDeltaBuilder::new(f.family, names::TABLE);
+            let mut old_parts = Vec::new();
+            for (k, _) in &lowered {
+                for (_, sp) in service_ports_of(f, k) {
+                    old_parts.push((sp, build::service_port_parts(f, sp, &c.ids[fi])));
+                }
+            }
+            // Ids of removed service ports first, then of new ones (as a full build would
+            // give them, or decline).
+            let new_ports: Vec<&Arc<ServicePort>> =
+                lowered.iter().flat_map(|(_, l)| &l.ports[fi]).collect();
+            for (sp, _) in &old_parts {
+                if !new_ports.iter().any(|n| n.name == sp.name) && !ids[fi].remove(&sp.name) {
+                    return no(format!("the endpoint-map ids after {} shift", sp.name));
+                }
+            }
+            for n in &new_ports {
+                if !old_parts.iter().any(|(o, _)| o.name == n.name) && !ids[fi].insert(&n.name) {
+                    return no(format!("the endpoint-map id of {} collides", n.name));
+                }
+            }
+            let empty = build::ServicePortParts {
+                chains: Vec::new(),
+                elements: Vec::new(),
+                extra_sets: Vec::new(),
+            };
+            for (o, op) in &old_parts {
+                match new_ports.iter().find(|n| n.name == o.name) {
+                    Some(n) if ***n == **o => {}
+                    Some(n) => {
+                        changed_ports += 1;
+                        b.service_port(op, &build::service_port_parts(f, n, &ids[fi]))?;
+                    }
+                    None => {
+                        changed_ports += 1;
+                        b.service_port(op, &empty)?;
+                    }
+                }
+            }
+            for n in &new_ports {
+                if !old_parts.iter().any(|(o, _)| o.name == n.name) {
+                    changed_ports += 1;
+                    b.service_port(&empty, &build::service_port_parts(f, n, &ids[fi]))?;
+                }
+            }
+            let (hairpin, cips) = (&c.hairpin[fi], &c.cluster_ips[fi]);
+            let td = b.finish(|set, e: &Element| {
+                let count = |m: &HashMap<IpAddr, u32>| {
+                    first_addr(e).map_or(0, |a| m.get(&a).copied().unwrap_or(0))
+                };
+                match set {
+                    names::HAIRPIN => Some(count(hairpin)),
+                    names::CLUSTER_IPS => Some(count(cips)),
+                    _ => None,
+                }
+            })?;
+            if let Some(td) = td {
+                delta.tables.push(td);
+            }
+        }
+        // Commit to the new state.
         let sources: Vec<Source> = {
-            let with_diags: std::collections::BTreeSet<&str> =
-                lower_diags.iter().map(|d| d.file.as_str()).collect();
+            let files: BTreeSet<&str> = new_diags
+                .values()
+                .flatten()
+                .map(|d| d.file.as_str())
+                .collect();
             self.files
                 .values()
-                .filter(|f| with_diags.contains(f.source.name.as_str()))
+                .filter(|f| files.contains(f.source.name.as_str()))
                 .map(|f| f.source.clone())
                 .collect()
         };
-        manifest::locate(&mut lower_diags, &sources);
-        diags.extend(lower_diags);
-        let ruleset = nft::build::build(&ir);
-        let skipped = self
+        let c = self.compiled.as_mut().expect("compiled");
+        c.ids = ids;
+        for (k, l) in lowered {
+            for (fi, new) in l.ports.into_iter().enumerate() {
+                let f = &mut c.ir.families[fi];
+                let range = service_port_range(f, &k);
+                for sp in &f.service_ports[range.clone()] {
+                    count(&mut c.hairpin[fi], endpoint_addrs(sp), -1);
+                    count(&mut c.cluster_ips[fi], cluster_ips(sp), -1);
+                    for fe in &sp.frontends {
+                        c.frontends[fi].remove(&(fe.addr, sp.protocol, fe.port));
+                    }
+                }
+                for sp in &new {
+                    count(&mut c.hairpin[fi], endpoint_addrs(sp), 1);
+                    count(&mut c.cluster_ips[fi], cluster_ips(sp), 1);
+                    for fe in &sp.frontends {
+                        c.frontends[fi].insert((fe.addr, sp.protocol, fe.port), k.clone());
+                    }
+                }
+                f.service_ports.splice(range, new);
+            }
+            c.node_ports.retain(|_, o| *o != k);
+            for np in l.node_ports {
+                c.node_ports.insert(np, k.clone());
+            }
+        }
+        for (k, mut d) in new_diags {
+            manifest::locate(&mut d, &sources);
+            if d.is_empty() {
+                c.service_diags.remove(&k);
+            } else {
+                c.service_diags.insert(k, d);
+            }
+        }
+        for (k, n) in new_notes {
+            if n.is_empty() {
+                c.service_notes.remove(&k);
+            } else {
+                c.service_notes.insert(k, n);
+            }
+        }
+        Ok((changed_ports, delta))
+    }
+
+    fn locate(&self, diags: &mut [Diagnostic]) {
+        let with_diags: BTreeSet<&str> = diags.iter().map(|d| d.file.as_str()).collect();
+        let sources: Vec<Source> = self
             .files
             .values()
-            .flat_map(|f| f.parsed.skipped.iter().cloned())
+            .filter(|f| with_diags.contains(f.source.name.as_str()))
+            .map(|f| f.source.clone())
             .collect();
-        Output {
-            ir,
-            ruleset,
-            diagnostics: diags,
-            notes,
-            skipped,
+        manifest::locate(diags, &sources);
+    }
+
+    /// The IR as of the last compile or delta (None before the first compile).
+    pub fn ir(&self) -> Option<&Ir> {
+        self.compiled.as_ref().map(|c| &c.ir)
+    }
+
+    /// Every diagnostic as of the last compile or delta, located.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        self.compiled
+            .as_ref()
+            .map(|c| self.all_diagnostics(c))
+            .unwrap_or_default()
+    }
+
+    /// Notes as of the last compile or delta.
+    pub fn notes(&self) -> Vec<Note> {
+        self.compiled.as_ref().map(all_notes).unwrap_or_default()
+    }
+
+    /// Every diagnostic: parsing (per file), then lowering.
+    fn all_diagnostics(&self, c: &Compiled) -> Vec<Diagnostic> {
+        self.files
+            .values()
+            .flat_map(|f| f.diags.iter())
+            .chain(&c.other_diags)
+            .chain(c.service_diags.values().flatten())
+            .cloned()
+            .collect()
+    }
+
+    fn skipped(&self) -> Vec<Skipped> {
+        self.files
+            .values()
+            .flat_map(|f| f.parsed.skipped.iter().cloned())
+            .collect()
+    }
+}
+
+fn index_services(parsed: &Parsed) -> ServiceIndex {
+    let mut ix = ServiceIndex::default();
+    for (i, (_, obj)) in parsed.objects.iter().enumerate() {
+        match obj {
+            Object::Service(s) => ix
+                .services
+                .entry(lower::service_key(s))
+                .or_default()
+                .push(i),
+            Object::EndpointSlice(_) => {
+                if let Some(k) = lower::endpoint_owner(obj) {
+                    ix.slices.entry(k).or_default().push(i);
+                }
+            }
+            Object::Endpoints(_) => {
+                if let Some(k) = lower::endpoint_owner(obj) {
+                    // The last one wins, as in a full lowering.
+                    ix.legacy.insert(k, i);
+                }
+            }
+            _ => {}
         }
     }
+    ix
+}
+
+/// The Services whose objects (the Service, its slices, its legacy Endpoints) differ between
+/// two versions of a file, if nothing else differs (None: a Node, a ServiceCIDR or an
+/// unlabelled slice changed).
+fn object_change(old: Option<&FileState>, new: Option<&FileState>) -> Option<BTreeSet<SvcKey>> {
+    fn objs(f: Option<&FileState>) -> &[(Origin, Object)] {
+        f.map_or(&[], |f| f.parsed.objects.as_slice())
+    }
+    let (a, b) = (objs(old), objs(new));
+    let owned = |o: &Object| match o {
+        Object::Service(_) => true,
+        _ => lower::endpoint_owner(o).is_some(),
+    };
+    let rest = |v: &[(Origin, Object)]| -> Vec<usize> {
+        (0..v.len()).filter(|&i| !owned(&v[i].1)).collect()
+    };
+    let same = |la: &[usize], lb: &[usize]| {
+        la.len() == lb.len()
+            && la
+                .iter()
+                .zip(lb)
+                .all(|(&i, &j)| a[i].0 == b[j].0 && same_object(&a[i].1, &b[j].1))
+    };
+    if !same(&rest(a), &rest(b)) {
+        return None;
+    }
+    let empty = ServiceIndex::default();
+    let (ia, ib) = (
+        old.map_or(&empty, |f| &f.index),
+        new.map_or(&empty, |f| &f.index),
+    );
+    let mut changed = BTreeSet::new();
+    for ix in [ia, ib] {
+        let keys = ix
+            .services
+            .keys()
+            .chain(ix.slices.keys())
+            .chain(ix.legacy.keys());
+        for k in keys {
+            if !changed.contains(k) && !same(&ia.objects(k), &ib.objects(k)) {
+                changed.insert(k.clone());
+            }
+        }
+    }
+    Some(changed)
+}
+
+fn same_object(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Service(x), Object::Service(y)) => x == y,
+        (Object::EndpointSlice(x), Object::EndpointSlice(y)) => x == y,
+        (Object::Endpoints(x), Object::Endpoints(y)) => x == y,
+        (Object::ServiceCidr(x), Object::ServiceCidr(y)) => x == y,
+        (Object::Node(x), Object::Node(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Where the service ports of one Service are (contiguous: sorted by namespace, name, port);
+/// empty, at its sorted place, if it has none.
+fn service_port_range(f: &FamilyIr, k: &SvcKey) -> std::ops::Range<usize> {
+    fn key(sp: &Arc<ServicePort>) -> (&str, &str) {
+        (sp.name.namespace.as_str(), sp.name.name.as_str())
+    }
+    let k = (k.0.as_str(), k.1.as_str());
+    let start = f.service_ports.partition_point(|sp| key(sp) < k);
+    let end = start + f.service_ports[start..].partition_point(|sp| key(sp) == k);
+    start..end
+}
+
+/// The service ports of one Service.
+fn service_ports_of<'a>(
+    f: &'a FamilyIr,
+    k: &SvcKey,
+) -> impl Iterator<Item = (usize, &'a ServicePort)> + 'a {
+    let r = service_port_range(f, k);
+    f.service_ports[r.clone()]
+        .iter()
+        .enumerate()
+        .map(move |(j, sp)| (r.start + j, sp.as_ref()))
+}
+
+/// The endpoint addresses a service port puts in the `hairpin` set (as the nft build does),
+/// each once.
+fn endpoint_addrs(sp: &ServicePort) -> BTreeSet<IpAddr> {
+    sp.backends
+        .cluster
+        .iter()
+        .chain(&sp.backends.local)
+        .map(|b| b.addr)
+        .collect()
+}
+
+/// The ClusterIPs a service port puts in the `cluster-ips` set, each once.
+fn cluster_ips(sp: &ServicePort) -> BTreeSet<IpAddr> {
+    sp.frontends
+        .iter()
+        .filter(|fe| fe.kind == FrontendKind::ClusterIp)
+        .filter_map(|fe| fe.addr)
+        .collect()
+}
+
+fn count(m: &mut HashMap<IpAddr, u32>, addrs: BTreeSet<IpAddr>, d: i64) {
+    for a in addrs {
+        let e = m.entry(a).or_default();
+        *e = (i64::from(*e) + d).max(0) as u32;
+        if *e == 0 {
+            m.remove(&a);
+        }
+    }
+}
+
+fn hairpin_counts(f: &FamilyIr) -> HashMap<IpAddr, u32> {
+    let mut m = HashMap::new();
+    for sp in &f.service_ports {
+        count(&mut m, endpoint_addrs(sp), 1);
+    }
+    m
+}
+
+fn cluster_ip_counts(f: &FamilyIr) -> HashMap<IpAddr, u32> {
+    let mut m = HashMap::new();
+    for sp in &f.service_ports {
+        count(&mut m, cluster_ips(sp), 1);
+    }
+    m
+}
+
+/// The address an element of `hairpin` or `cluster-ips` starts with.
+fn first_addr(e: &Element) -> Option<IpAddr> {
+    match e.key.first() {
+        Some(Value::Addr(a)) => Some(*a),
+        _ => None,
+    }
+}
+
+/// Items split by the ranges that belong to each Service; the rest in order.
+fn split<T: Clone>(
+    items: Vec<T>,
+    ranges: &[(SvcKey, std::ops::Range<usize>)],
+) -> (BTreeMap<SvcKey, Vec<T>>, Vec<T>) {
+    let mut per: BTreeMap<SvcKey, Vec<T>> = BTreeMap::new();
+    let mut taken = vec![false; items.len()];
+    for (k, r) in ranges.iter().filter(|(_, r)| !r.is_empty()) {
+        per.entry(k.clone())
+            .or_default()
+            .extend(items[r.clone()].iter().cloned());
+        taken[r.clone()].iter_mut().for_each(|t| *t = true);
+    }
+    let rest = items
+        .into_iter()
+        .zip(taken)
+        .filter(|(_, t)| !t)
+        .map(|(x, _)| x)
+        .collect();
+    (per, rest)
+}
+
+fn all_notes(c: &Compiled) -> Vec<Note> {
+    c.other_notes
+        .iter()
+        .chain(c.service_notes.values().flatten())
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::model::{Ruleset, Table};
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: d}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n";
     const BAD: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: d}\nspec:\n  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n";
+
+    fn node() -> NodeSettings {
+        NodeSettings {
+            hostname: "n".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn src(name: &str, text: &str) -> Source {
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
 
     #[test]
     fn bad_files_are_reported_and_the_rest_compiles() {
@@ -121,21 +735,12 @@ mod tests {
             hostname: "n".into(),
             ..Default::default()
         });
-        assert!(s.set_file(Source {
-            name: "a.yaml".into(),
-            text: SVC.into()
-        }));
+        assert!(s.set_file(src("a.yaml", SVC)));
         assert!(
-            !s.set_file(Source {
-                name: "a.yaml".into(),
-                text: SVC.into()
-            }),
+            !s.set_file(src("a.yaml", SVC)),
             "unchanged text is not re-read"
         );
-        s.set_file(Source {
-            name: "b.yaml".into(),
-            text: BAD.into(),
-        });
+        s.set_file(src("b.yaml", BAD));
         let out = s.compile();
         assert_eq!(out.ir.families[0].service_ports.len(), 1);
         let e = out
@@ -146,5 +751,219 @@ mod tests {
         assert_eq!((e.file.as_str(), e.line), ("b.yaml", Some(5)));
         s.remove_file("a.yaml");
         assert_eq!(s.compile().ir.families[0].service_ports.len(), 0);
+    }
+
+    /// Services: `web` (two ports, NodePort, externalTrafficPolicy Local, a LoadBalancer IP),
+    /// `api` (ClientIP affinity) and `db` (sharing an endpoint address with `web`).
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: https, port: 443, targetPort: 8443, nodePort: 30443}
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.10}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: 10.96.0.12
+  ports: [{name: pg, port: 5432}]
+"#;
+
+    /// A slice for `svc` with endpoints (address, node, ready) on `ports`.
+    fn slice(svc: &str, name: &str, eps: &[(&str, &str, bool)], ports: &[(&str, u16)]) -> String {
+        let mut s = format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\nendpoints:\n"
+        );
+        for (a, n, r) in eps {
+            s += &format!("- addresses: [{a}]\n  nodeName: {n}\n  conditions: {{ready: {r}}}\n");
+        }
+        if eps.is_empty() {
+            s += "[]\n";
+            s = s.replace("endpoints:\n[]", "endpoints: []");
+        }
+        s += "ports:\n";
+        for (pn, p) in ports {
+            s += &format!("- {{name: {pn}, port: {p}, protocol: TCP}}\n");
+        }
+        s
+    }
+
+    fn endpoints_file(step: usize) -> String {
+        let web = match step {
+            0 => vec![("10.0.1.1", "n", true), ("10.0.2.1", "m", true)],
+            1 => vec![("10.0.1.2", "n", true), ("10.0.2.1", "m", true)],
+            2 => vec![("10.0.1.2", "n", false), ("10.0.2.1", "m", true)],
+            3 => vec![("10.0.2.1", "m", true)],
+            4 => vec![],
+            _ => vec![
+                ("10.0.1.1", "n", true),
+                ("10.0.1.3", "n", true),
+                ("10.0.2.1", "m", true),
+            ],
+        };
+        let api = match step % 3 {
+            0 => vec![("10.0.3.1", "m", true)],
+            1 => vec![("10.0.3.1", "m", true), ("10.0.3.2", "m", true)],
+            _ => vec![("10.0.3.2", "m", true)],
+        };
+        let db = match step % 2 {
+            0 => vec![("10.0.2.1", "m", true)],
+            _ => vec![("10.0.2.1", "m", false), ("10.0.4.1", "m", true)],
+        };
+        slice("web", "web-1", &web, &[("http", 8080), ("https", 8443)])
+            + &slice("api", "api-1", &api, &[("http", 9000)])
+            + &slice("db", "db-1", &db, &[("pg", 5432)])
+    }
+
+    /// A table as sets of elements and chains, whatever their order.
+    fn normal(r: &Ruleset) -> Vec<(String, Vec<String>, Vec<String>)> {
+        r.tables
+            .iter()
+            .map(|t: &Table| {
+                let mut sets: Vec<String> = t
+                    .sets
+                    .iter()
+                    .flat_map(|s| s.elements.iter().map(move |e| format!("{} {e:?}", s.name)))
+                    .collect();
+                sets.sort();
+                let mut chains: Vec<String> = t.chains.iter().map(|c| format!("{c:?}")).collect();
+                chains.sort();
+                (t.name.clone(), sets, chains)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_changes_are_deltas_that_match_a_full_compile() {
+        let mut s = Session::new(node());
+        s.set_file(src("services.yaml", SERVICES));
+        s.set_file(src("endpoints.yaml", &endpoints_file(0)));
+        let mut model = s.compile().ruleset;
+        assert!(s.compile_delta().expect("clean").delta.is_empty());
+        for step in 1..=6 {
+            assert!(s.set_file(src("endpoints.yaml", &endpoints_file(step))));
+            let inc = s.compile_delta().expect("endpoint-only change");
+            assert!(!inc.delta.is_empty(), "step {step}");
+            model.apply_delta(&inc.delta).expect("delta fits the model");
+            let mut fresh = Session::new(node());
+            fresh.set_file(src("services.yaml", SERVICES));
+            fresh.set_file(src("endpoints.yaml", &endpoints_file(step)));
+            let full = fresh.compile();
+            assert_eq!(normal(&model), normal(&full.ruleset), "step {step}");
+            assert_eq!(s.ir(), Some(&full.ir), "step {step}");
+            assert_eq!(s.diagnostics(), full.diagnostics, "step {step}");
+        }
+    }
+
+    /// Applies file changes one by one; each must (or must not) be a delta, and the model
+    /// after it must equal a fresh full compile of the same files.
+    fn steps(steps: &[(&str, Option<&str>, bool)]) {
+        let mut s = Session::new(node());
+        s.set_file(src("services.yaml", SERVICES));
+        s.set_file(src("endpoints.yaml", &endpoints_file(0)));
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        files.insert("services.yaml".into(), SERVICES.into());
+        files.insert("endpoints.yaml".into(), endpoints_file(0));
+        let mut model = s.compile().ruleset;
+        for (i, (name, text, want_delta)) in steps.iter().enumerate() {
+            match text {
+                Some(t) => {
+                    s.set_file(src(name, t));
+                    files.insert(name.to_string(), t.to_string());
+                }
+                None => {
+                    s.remove_file(name);
+                    files.remove(*name);
+                }
+            }
+            match s.compile_delta() {
+                Some(inc) => {
+                    assert!(want_delta, "step {i}: a delta, expected a full compile");
+                    model.apply_delta(&inc.delta).expect("delta fits the model");
+                }
+                None => {
+                    assert!(!want_delta, "step {i}: expected a delta");
+                    model = s.compile().ruleset;
+                }
+            }
+            let mut fresh = Session::new(node());
+            for (n, t) in &files {
+                fresh.set_file(src(n, t));
+            }
+            let full = fresh.compile();
+            assert_eq!(normal(&model), normal(&full.ruleset), "step {i}");
+            assert_eq!(s.ir(), Some(&full.ir), "step {i}");
+            let sorted = |mut v: Vec<String>| {
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(s.diagnostics().iter().map(|d| d.to_string()).collect()),
+                sorted(full.diagnostics.iter().map(|d| d.to_string()).collect()),
+                "step {i}"
+            );
+            assert_eq!(sorted(s.notes()), sorted(full.notes), "step {i}");
+        }
+    }
+
+    const EXTRA: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.13
+  ports: [{name: redis, port: 6379, nodePort: 30379}]
+"#;
+
+    #[test]
+    fn service_changes_are_deltas_unless_they_conflict() {
+        let db_slice = slice("db", "db-2", &[("10.0.5.5", "m", true)], &[("pg", 5432)]);
+        let bad = SERVICES.replace("clusterIP: 10.96.0.12", "clusterIP: 10.96.0.300");
+        let clash = EXTRA.replace("30379", "30080");
+        let headless = EXTRA.replace("type: NodePort\n  clusterIP: 10.96.0.13", "clusterIP: None");
+        steps(&[
+            // A Service's port changes; then another file adds a Service.
+            ("services.yaml", Some(&SERVICES.replace("5432", "5433")), true),
+            ("more.yaml", Some(EXTRA), true),
+            // Its slice arrives in yet another file; the Service goes away (the slice is
+            // then an orphan, with a warning); it comes back.
+            ("more-eps.yaml", Some(&slice("cache", "cache-1", &[("10.0.6.6", "n", true)], &[("redis", 6379)])), true),
+            ("more.yaml", None, true),
+            ("more.yaml", Some(EXTRA), true),
+            // Headless: no service ports, a note.
+            ("more.yaml", Some(&headless), true),
+            ("more.yaml", Some(EXTRA), true),
+            // An invalid Service (an error), then fixed.
+            ("services.yaml", Some(&bad), true),
+            ("services.yaml", Some(SERVICES), true),
+            // A nodePort another Service has: only a full compile decides who wins; and
+            // the loser stays in a conflict until a full compile.
+            ("more.yaml", Some(&clash), false),
+            ("more.yaml", Some(EXTRA), false),
+            ("more.yaml", Some(EXTRA.replace("6379", "6380").as_str()), true),
+            // A new file with only endpoints of a known Service.
+            ("db.yaml", Some(&db_slice), true),
+            // A Node changes: full.
+            ("node.yaml", Some("apiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels: {topology.kubernetes.io/zone: z1}\n"), false),
+        ]);
     }
 }

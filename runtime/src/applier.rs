@@ -14,6 +14,7 @@ use crate::error::{ApplyError, Refusal};
 use crate::model::*;
 use crate::nl;
 use crate::plan::{self, Changes, Op, Plan, MISSING_CHAIN};
+use svcc_compiler::nft::delta::Delta;
 
 /// The only tables svcc creates, changes or deletes.
 pub const OWNED: [(Family, &str); 2] = [(Family::Ip, "svcc"), (Family::Ip6, "svcc")];
@@ -97,6 +98,9 @@ pub struct ApplyReport {
 /// What the kernel holds, as last applied by this applier.
 struct Applied {
     ruleset: Ruleset,
+    /// Deltas committed since `ruleset` was applied, folded into it when a whole model is
+    /// next compared with it.
+    pending: Vec<Delta>,
     /// Marker (with nonce) of each table of `ruleset`, in order.
     markers: Vec<Vec<u8>>,
     /// The generation right after our commit.
@@ -113,6 +117,10 @@ pub struct Applier {
     monitor: Option<Monitor>,
     applied: Option<Applied>,
 }
+
+/// A table svcc owns, and the marker the kernel's copy carries (if any).
+type TableName = (Family, &'static str);
+type KernelMarker = (TableName, Option<Vec<u8>>);
 
 fn new_marker() -> Vec<u8> {
     use std::hash::{BuildHasher, Hasher};
@@ -174,6 +182,7 @@ impl Applier {
         desired: Cow<'_, Ruleset>,
         opts: &ApplyOptions,
     ) -> Result<ApplyReport, ApplyError> {
+        self.fold_pending();
         for t in &desired.tables {
             if !OWNED.contains(&(t.family, t.name.as_str())) {
                 return Err(ApplyError::NotOwned(format!(
@@ -197,38 +206,8 @@ impl Applier {
                     a.clean = false;
                 }
             }
-            // Which owned tables exist, and whether they carry our markers.
-            let mut present = Vec::new();
-            let mut kernel_markers = Vec::new();
-            for (fam, name) in OWNED {
-                if let Some(ud) = self
-                    .conn
-                    .table_udata(family_code(fam), name)
-                    .map_err(ApplyError::io("get table"))?
-                {
-                    present.push((fam, name));
-                    kernel_markers.push(((fam, name), marker_of(&ud)));
-                }
-            }
-            let trusted = match &self.applied {
-                // With the monitor: no unseen change since our commit; without: no commit at all.
-                Some(a)
-                    if !opts.force_full
-                        && (a.clean || (self.monitor.is_none() && a.genid == genid)) =>
-                {
-                    let ours: Vec<_> = a
-                        .ruleset
-                        .tables
-                        .iter()
-                        .zip(&a.markers)
-                        .map(|(t, m)| ((t.family, t.name.as_str()), Some(m.clone())))
-                        .collect();
-                    // Same tables, each with the nonce we gave it (checked even when the
-                    // generation is unchanged: it costs two small round trips).
-                    ours == kernel_markers
-                }
-                _ => false,
-            };
+            let (present, kernel_markers) = self.kernel_tables()?;
+            let trusted = self.trusted(genid, &kernel_markers, opts);
             let markers: Vec<Vec<u8>>;
             let plan = match (&self.applied, trusted) {
                 (Some(a), true) => match plan::incremental(&a.ruleset, &desired) {
@@ -307,6 +286,7 @@ impl Applier {
                         drop(plan);
                         self.applied = Some(Applied {
                             ruleset: desired.into_owned(),
+                            pending: Vec::new(),
                             markers,
                             genid: after.unwrap_or(genid.wrapping_add(1)),
                             clean,
@@ -331,6 +311,161 @@ impl Applier {
             if retries > opts.max_retries {
                 return Err(ApplyError::TooManyRetries(retries - 1));
             }
+        }
+    }
+
+    /// Sends a delta made by the compile session
+    /// ([`Session::compile_delta`](svcc_compiler::session::Session::compile_delta)) against the
+    /// model this applier last applied, in one guarded transaction. `Ok(None)`: not possible
+    /// now (nothing applied yet, a full replace forced, svcc's tables may have been changed by
+    /// another program, or the delta does not fit): apply a whole model instead.
+    pub fn apply_delta(
+        &mut self,
+        delta: &Delta,
+        opts: &ApplyOptions,
+    ) -> Result<Option<ApplyReport>, ApplyError> {
+        let mut retries = 0;
+        loop {
+            let t0 = Instant::now();
+            if self.applied.is_none() || opts.force_full || opts.inject_invalid {
+                return Ok(None);
+            }
+            let genid = self
+                .conn
+                .genid()
+                .map_err(ApplyError::io("get generation id"))?;
+            if touched(&mut self.monitor)? {
+                if let Some(a) = self.applied.as_mut() {
+                    a.clean = false;
+                }
+            }
+            let (_, kernel_markers) = self.kernel_tables()?;
+            if !self.trusted(genid, &kernel_markers, opts) {
+                return Ok(None);
+            }
+            let a = self.applied.as_ref().expect("applied");
+            let Ok(plan) = plan::from_delta(&a.ruleset, delta) else {
+                return Ok(None);
+            };
+            let mut report = ApplyReport {
+                reason: plan.reason.clone(),
+                generation: genid,
+                retries,
+                changes: plan.changes(),
+                ..Default::default()
+            };
+            if opts.dry_run || opts.script {
+                report.script = plan.script();
+            }
+            if plan.ops.is_empty() {
+                report.reason = "no change".into();
+                report.encode_time = t0.elapsed();
+                return Ok(Some(report));
+            }
+            let mut batch = Batch::new(self.conn.next_seq(1 << 24), genid);
+            encode(&mut batch, &plan, &a.ruleset)?;
+            report.messages = batch.messages;
+            report.bytes = batch.bytes();
+            report.encode_time = t0.elapsed();
+            if opts.dry_run {
+                return Ok(Some(report));
+            }
+            if let Some(h) = &opts.before_commit {
+                h(retries);
+            }
+            let t1 = Instant::now();
+            let (outcome, after) = commit(&mut self.conn, &mut self.monitor, &mut batch)?;
+            report.kernel_time = t1.elapsed();
+            report.bytes = batch.bytes();
+            match outcome {
+                Outcome::Committed => {
+                    report.committed = true;
+                    let late = touched(&mut self.monitor)?;
+                    drop(plan);
+                    if late {
+                        // Someone else changed svcc's tables around our commit: only a full
+                        // replace is right now.
+                        self.applied = None;
+                        return Ok(None);
+                    }
+                    let clean = self.monitor.is_some() && after == Some(genid.wrapping_add(1));
+                    let a = self.applied.as_mut().expect("applied");
+                    a.pending.push(delta.clone());
+                    a.genid = after.unwrap_or(genid.wrapping_add(1));
+                    a.clean = clean;
+                    return Ok(Some(report));
+                }
+                Outcome::Stale => {}
+                Outcome::Unknown => {
+                    self.applied = None;
+                    self.conn = Conn::open().map_err(ApplyError::io("reopen socket"))?;
+                    return Ok(None);
+                }
+                Outcome::Refused(acks) => {
+                    return Err(ApplyError::Refused(
+                        acks.iter().map(|a| refusal(&batch, &plan, a)).collect(),
+                    ));
+                }
+            }
+            retries += 1;
+            if retries > opts.max_retries {
+                return Err(ApplyError::TooManyRetries(retries - 1));
+            }
+        }
+    }
+
+    /// Folds the deltas applied since the last whole model into it (the next whole-model
+    /// difference needs it); a delta that does not fit forgets the model (full replace next).
+    fn fold_pending(&mut self) {
+        let Some(a) = self.applied.as_mut() else {
+            return;
+        };
+        for d in std::mem::take(&mut a.pending) {
+            if let Err(e) = a.ruleset.apply_delta(&d) {
+                tracing::warn!(target: "svcc::apply", error = %e.0, "applied model out of step; next apply replaces the tables");
+                self.applied = None;
+                return;
+            }
+        }
+    }
+
+    /// Which owned tables exist, and the marker each carries.
+    fn kernel_tables(&mut self) -> Result<(Vec<TableName>, Vec<KernelMarker>), ApplyError> {
+        let mut present = Vec::new();
+        let mut kernel_markers = Vec::new();
+        for (fam, name) in OWNED {
+            if let Some(ud) = self
+                .conn
+                .table_udata(family_code(fam), name)
+                .map_err(ApplyError::io("get table"))?
+            {
+                present.push((fam, name));
+                kernel_markers.push(((fam, name), marker_of(&ud)));
+            }
+        }
+        Ok((present, kernel_markers))
+    }
+
+    /// Whether the kernel provably holds what this applier last applied.
+    fn trusted(&self, genid: u32, kernel_markers: &[KernelMarker], opts: &ApplyOptions) -> bool {
+        match &self.applied {
+            // With the monitor: no unseen change since our commit; without: no commit at all.
+            Some(a)
+                if !opts.force_full
+                    && (a.clean || (self.monitor.is_none() && a.genid == genid)) =>
+            {
+                let ours: Vec<_> = a
+                    .ruleset
+                    .tables
+                    .iter()
+                    .zip(&a.markers)
+                    .map(|(t, m)| ((t.family, t.name.as_str()), Some(m.clone())))
+                    .collect();
+                // Same tables, each with the nonce we gave it (checked even when the
+                // generation is unchanged: it costs two small round trips).
+                ours == kernel_markers
+            }
+            _ => false,
         }
     }
 

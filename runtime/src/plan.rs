@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use crate::model::*;
+use svcc_compiler::nft::delta::{ChainChange, Delta};
 
 /// One step of a transaction. Borrowed from the desired model (adds) or the applied one (deletes).
 #[derive(Debug, Clone)]
@@ -671,4 +672,103 @@ fn add_rule_line(
         chain,
         rule_text(fam, rule)
     )
+}
+
+/// The steps of a delta made by the compile session, against the model the kernel holds
+/// (`applied`: its sets give the element types), or why it does not fit that model.
+pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>, String> {
+    let mut ops = Vec::new();
+    for td in &delta.tables {
+        let (fam, tn) = (td.family, td.name.as_str());
+        let table = applied
+            .tables
+            .iter()
+            .find(|t| t.family == fam && t.name == tn)
+            .ok_or_else(|| format!("table {} {tn} is not applied", fam.keyword()))?;
+        let rules = |ops: &mut Vec<Op<'m>>, c: &'m Chain| {
+            for (i, r) in c.rules.iter().enumerate() {
+                ops.push(Op::AddRule {
+                    fam,
+                    table: tn,
+                    chain: &c.name,
+                    index: i,
+                    rule: r,
+                });
+            }
+        };
+        // Same order as a difference of whole models (see `table_diff`): every new chain
+        // before any rule, since rules jump to each other's chains.
+        for ch in &td.chains {
+            if let ChainChange::Add(c) = ch {
+                ops.push(Op::AddChain {
+                    fam,
+                    table: tn,
+                    chain: c,
+                });
+            }
+        }
+        for ch in &td.chains {
+            if let ChainChange::Add(c) = ch {
+                rules(&mut ops, c);
+            }
+        }
+        for ch in &td.chains {
+            if let ChainChange::Replace(c) = ch {
+                ops.push(Op::FlushChain {
+                    fam,
+                    table: tn,
+                    chain: c,
+                });
+                rules(&mut ops, c);
+            }
+        }
+        let set = |name: &str| {
+            table
+                .set(name)
+                .ok_or_else(|| format!("set {name} is not applied"))
+        };
+        for sd in td.sets.iter().filter(|s| !s.del.is_empty()) {
+            ops.push(Op::DelElems {
+                fam,
+                table: tn,
+                set: set(&sd.set)?,
+                elems: sd.del.iter().collect(),
+            });
+        }
+        for sd in td.sets.iter().filter(|s| !s.add.is_empty()) {
+            ops.push(Op::AddElems {
+                fam,
+                table: tn,
+                set: set(&sd.set)?,
+                elems: sd.add.iter().collect(),
+            });
+        }
+        let removed: Vec<&Chain> = td
+            .chains
+            .iter()
+            .filter_map(|c| match c {
+                ChainChange::Remove(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for c in removed.iter().filter(|c| !c.rules.is_empty()) {
+            ops.push(Op::FlushChain {
+                fam,
+                table: tn,
+                chain: c,
+            });
+        }
+        for c in removed {
+            ops.push(Op::DelChain {
+                fam,
+                table: tn,
+                chain: c,
+            });
+        }
+    }
+    Ok(Plan {
+        ops,
+        full: false,
+        reason: "incremental (changed services)".into(),
+    })
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -93,18 +94,28 @@ const AFFINITY_KEY: [Field; 4] = [Field::Saddr, Field::L4Proto, Field::Daddr, Fi
 /// number of shards is [`endpoint_shards`] of the number of service ports.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointIds {
-    ids: HashMap<ServicePortName, [u32; 2]>,
+    /// Shared until changed: cloning is O(1), the first `insert`/`remove` of a clone copies.
+    t: Arc<IdTable>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct IdTable {
+    ids: HashMap<Arc<ServicePortName>, [u32; 2]>,
+    /// Who holds each id.
+    owner: HashMap<u32, Arc<ServicePortName>>,
+    /// The ids that are not their seed (a collision moved them): id -> seed. Rare.
+    moved: HashMap<u32, u32>,
     shards: usize,
 }
 
 impl EndpointIds {
     /// The id of `spn`'s cluster or local endpoints, if `spn` is a service port of the family.
     pub fn get(&self, spn: &ServicePortName, which: EndpointSet) -> Option<u32> {
-        self.ids.get(spn).map(|ids| ids[which as usize])
+        self.t.ids.get(spn).map(|ids| ids[which as usize])
     }
     /// How many endpoint maps the family has (at least 1).
     pub fn shards(&self) -> usize {
-        self.shards.max(1)
+        self.t.shards.max(1)
     }
     /// The endpoint map holding the elements of `id`.
     pub fn map(&self, id: u32) -> &'static str {
@@ -115,6 +126,90 @@ impl EndpointIds {
     pub fn maps(&self) -> impl Iterator<Item = &'static str> + '_ {
         let k = self.shards();
         (0..k).map(move |i| names::endpoints_map(i, k))
+    }
+    /// The number of service ports.
+    pub fn len(&self) -> usize {
+        self.t.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.t.ids.is_empty()
+    }
+
+    /// Adds the ids of a new service port, if that leaves the ids exactly as [`endpoint_ids`]
+    /// of the family with it would be: its ids are the ones a full build gives it, no other
+    /// id moves, the number of endpoint maps stays. Else returns false and changes nothing
+    /// (the caller rebuilds the table). True for a service port already there.
+    pub fn insert(&mut self, spn: &ServicePortName) -> bool {
+        let t = &self.t;
+        if t.ids.contains_key(spn) {
+            return true;
+        }
+        if endpoint_shards(t.ids.len() + 1) != self.shards() {
+            return false;
+        }
+        // In a full build, `spn` probes past the ids of the service ports sorted before it
+        // (and its own cluster id); reaching an id held by one sorted after it means that one
+        // would move.
+        let mut pair = [0u32; 2];
+        for which in [EndpointSet::Cluster, EndpointSet::Local] {
+            let seed = names::endpoint_id_seed(spn, which);
+            let mut id = seed;
+            loop {
+                if which == EndpointSet::Local && id == pair[0] {
+                    id = id.wrapping_add(1);
+                    continue;
+                }
+                match t.owner.get(&id) {
+                    None => break,
+                    Some(o) if **o < *spn => id = id.wrapping_add(1),
+                    Some(_) => return false,
+                }
+            }
+            pair[which as usize] = id;
+        }
+        let t = Arc::make_mut(&mut self.t);
+        let name = Arc::new(spn.clone());
+        for which in [EndpointSet::Cluster, EndpointSet::Local] {
+            let id = pair[which as usize];
+            t.owner.insert(id, name.clone());
+            let seed = names::endpoint_id_seed(spn, which);
+            if id != seed {
+                t.moved.insert(id, seed);
+            }
+        }
+        t.ids.insert(name, pair);
+        true
+    }
+
+    /// Removes the ids of a service port, if that leaves the ids exactly as [`endpoint_ids`]
+    /// of the family without it would be: no id that a collision moved past one of its ids
+    /// would move back, the number of endpoint maps stays. Else returns false and changes
+    /// nothing. True for a service port that is not there.
+    pub fn remove(&mut self, spn: &ServicePortName) -> bool {
+        let t = &self.t;
+        let Some(pair) = t.ids.get(spn).copied() else {
+            return true;
+        };
+        if endpoint_shards(t.ids.len() - 1) != self.shards() {
+            return false;
+        }
+        // An id moved from its seed s to x passed over s..x: freeing one of those would let
+        // a full build give it a smaller one.
+        let on_path = |seed: u32, id: u32, f: u32| f.wrapping_sub(seed) < id.wrapping_sub(seed);
+        if t.moved
+            .iter()
+            .filter(|(id, _)| !pair.contains(id))
+            .any(|(&id, &seed)| pair.iter().any(|&f| on_path(seed, id, f)))
+        {
+            return false;
+        }
+        let t = Arc::make_mut(&mut self.t);
+        for id in pair {
+            t.owner.remove(&id);
+            t.moved.remove(&id);
+        }
+        t.ids.remove(spn);
+        true
     }
 }
 
@@ -145,21 +240,30 @@ pub fn endpoint_ids(f: &FamilyIr) -> EndpointIds {
     let mut names: Vec<&ServicePortName> = f.service_ports.iter().map(|sp| &sp.name).collect();
     names.sort_unstable();
     names.dedup();
-    let mut used = HashSet::with_capacity(names.len() * 2);
-    let mut ids = HashMap::with_capacity(names.len());
-    let shards = endpoint_shards(names.len());
+    let mut t = IdTable {
+        ids: HashMap::with_capacity(names.len()),
+        owner: HashMap::with_capacity(names.len() * 2),
+        moved: HashMap::new(),
+        shards: endpoint_shards(names.len()),
+    };
     for spn in names {
+        let name = Arc::new(spn.clone());
         let mut pair = [0; 2];
         for which in [EndpointSet::Cluster, EndpointSet::Local] {
-            let mut id = names::endpoint_id_seed(spn, which);
-            while !used.insert(id) {
+            let seed = names::endpoint_id_seed(spn, which);
+            let mut id = seed;
+            while t.owner.contains_key(&id) {
                 id = id.wrapping_add(1);
+            }
+            t.owner.insert(id, name.clone());
+            if id != seed {
+                t.moved.insert(id, seed);
             }
             pair[which as usize] = id;
         }
-        ids.insert(spn.clone(), pair);
+        t.ids.insert(name, pair);
     }
-    EndpointIds { ids, shards }
+    EndpointIds { t: Arc::new(t) }
 }
 
 /// What one service port adds to its family's table.
@@ -1142,7 +1246,7 @@ mod tests {
                 continue;
             }
             let before = service_port_parts(f, sp, &ids);
-            let mut sp2 = sp.clone();
+            let mut sp2 = ServicePort::clone(sp);
             let old = sp2.backends.cluster[0].addr;
             let new: IpAddr = "10.250.0.1".parse().unwrap();
             for b in sp2
@@ -1198,13 +1302,15 @@ mod tests {
     }
 
     fn family_of(names: &[ServicePortName]) -> FamilyIr {
-        let sp = ir(1, 1).families[0].service_ports[0].clone();
+        let sp = ServicePort::clone(&ir(1, 1).families[0].service_ports[0]);
         let mut f = ir(0, 0).families.swap_remove(0);
-        let mut sps: Vec<ServicePort> = names
+        let mut sps: Vec<Arc<ServicePort>> = names
             .iter()
-            .map(|n| ServicePort {
-                name: n.clone(),
-                ..sp.clone()
+            .map(|n| {
+                Arc::new(ServicePort {
+                    name: n.clone(),
+                    ..sp.clone()
+                })
             })
             .collect();
         sps.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1246,5 +1352,84 @@ mod tests {
                 assert!(all.insert(ids1.get(n, w).unwrap()));
             }
         }
+    }
+
+    /// The ids as a comparable value.
+    fn table(ids: &EndpointIds) -> (usize, Vec<(ServicePortName, [u32; 2])>) {
+        let mut v: Vec<(ServicePortName, [u32; 2])> = ids
+            .t
+            .ids
+            .iter()
+            .map(|(n, p)| (ServicePortName::clone(n), *p))
+            .collect();
+        v.sort();
+        (ids.shards(), v)
+    }
+
+    #[test]
+    fn insert_and_remove_agree_with_a_full_build_or_decline() {
+        // Names whose seeds collide (cluster with cluster, and cluster with local), so that
+        // probing and moved ids happen, mixed with ordinary ones.
+        let mut by_seed: HashMap<u32, String> = HashMap::new();
+        let mut colliding = Vec::new();
+        for i in 0.. {
+            let n = format!("c{i}");
+            for w in [EndpointSet::Cluster, EndpointSet::Local] {
+                let h = names::endpoint_id_seed(&spn(&n), w);
+                if let Some(prev) = by_seed.insert(h, n.clone()) {
+                    colliding.push(prev);
+                    colliding.push(n.clone());
+                }
+            }
+            if colliding.len() >= 8 {
+                break;
+            }
+        }
+        let mut pool: Vec<ServicePortName> = colliding.iter().map(|n| spn(n)).collect();
+        pool.extend((0..40).map(|i| spn(&format!("svc-{i:02}"))));
+        pool.sort();
+        pool.dedup();
+        let template = ServicePort::clone(&ir(1, 1).families[0].service_ports[0]);
+        let mut f = ir(0, 0).families.swap_remove(0);
+        let mut ids = endpoint_ids(&f);
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let (mut accepted, mut declined) = (0, 0);
+        for _ in 0..3000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let n = &pool[(rng % pool.len() as u64) as usize];
+            let present = f.service_ports.iter().any(|sp| sp.name == *n);
+            let before = table(&ids);
+            let ok = if present {
+                f.service_ports.retain(|sp| sp.name != *n);
+                ids.remove(n)
+            } else {
+                f.service_ports.push(Arc::new(ServicePort {
+                    name: n.clone(),
+                    ..template.clone()
+                }));
+                f.service_ports.sort_by(|a, b| a.name.cmp(&b.name));
+                ids.insert(n)
+            };
+            let full = endpoint_ids(&f);
+            if ok {
+                accepted += 1;
+                assert_eq!(table(&ids), table(&full), "{n} present={present}");
+            } else {
+                declined += 1;
+                assert_eq!(table(&ids), before, "a declined change changes nothing");
+                // Declined only when needed: the map count or another service port's ids
+                // differ in the full build.
+                let after = table(&full);
+                let moved = after
+                    .1
+                    .iter()
+                    .any(|(m, p)| m != n && before.1.iter().any(|(o, q)| o == m && q != p));
+                assert!(after.0 != before.0 || moved, "{n} declined needlessly");
+                ids = full;
+            }
+        }
+        assert!(accepted > 2000 && declined > 10, "{accepted} / {declined}");
     }
 }

@@ -39,8 +39,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
 use svcc_compiler::ir::Ir;
+use svcc_compiler::nft::model::Stats;
 use svcc_compiler::session::Session;
-use svcc_compiler::{NodeSettings, Output};
+use svcc_compiler::{Diagnostic, NodeSettings, Output};
 
 use crate::{Applier, ApplyOptions, ApplyReport};
 use http::{HcService, HttpServer, Shared};
@@ -146,6 +147,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         next_verify: now,
         retry_at: None,
         full_next: false,
+        stats: Stats::default(),
     };
     let sig = d.run(&rx);
     match sig {
@@ -178,6 +180,8 @@ struct Daemon {
     retry_at: Option<Instant>,
     /// The last sync failed: the next one replaces svcc's tables.
     full_next: bool,
+    /// Object counts of the ruleset last applied.
+    stats: Stats,
 }
 
 fn unix_now() -> f64 {
@@ -264,33 +268,76 @@ impl Daemon {
             tracing::debug!(target: "svcc::sync", "files touched, nothing changed");
             return;
         }
-        // Compiled afresh every time (deterministic, so a verification with unchanged inputs
-        // gives the same ruleset); handed to the applier by value: it keeps it as the state it
-        // diffs against next time, without a copy.
+        // Only endpoints changed since the last compile: the session gives the delta of the
+        // service ports they belong to and the applier sends just that (no whole-model work).
+        // Anything else is compiled afresh (deterministic, so a verification with unchanged
+        // inputs gives the same ruleset) and handed to the applier by value: it keeps it as
+        // the state it diffs against next time, without a copy.
         let t1 = Instant::now();
-        let out = self.session.compile();
-        let compile = t1.elapsed();
-        self.report_diagnostics(&out);
-        let Output { ir, ruleset, .. } = out;
-        let stats = ruleset.stats();
-        let ir = Arc::new(ir);
-        if first {
-            tracing::info!("first sync: svcc's tables are replaced in one transaction; established connections keep their conntrack entries");
+        let mut applied = None;
+        if !(verify || retrying || first || self.full_next) {
+            if let Some(inc) = self.session.compile_delta() {
+                let compile = t1.elapsed();
+                match self
+                    .applier
+                    .apply_delta(&inc.delta, &ApplyOptions::default())
+                {
+                    Ok(Some(r)) => {
+                        // The rules are in; the rest is bookkeeping (the IR snapshot for health
+                        // checks and the conntrack thread is the one part that grows with the
+                        // cluster, and it comes after the commit).
+                        let diags = self.session.diagnostics();
+                        let notes = self.session.notes().to_vec();
+                        self.report_diagnostics(&diags, &notes);
+                        let (add, del) = inc.delta.stats_change();
+                        let st = &mut self.stats;
+                        st.chains = (st.chains + add.chains).saturating_sub(del.chains);
+                        st.rules = (st.rules + add.rules).saturating_sub(del.rules);
+                        st.elements = (st.elements + add.elements).saturating_sub(del.elements);
+                        let ir = Arc::new(self.session.ir().expect("compiled").clone());
+                        applied = Some((Ok(r), ir, compile));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.metrics(|m| m.sync_failures += 1);
+                        tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
+                        self.full_next = true;
+                    }
+                }
+            }
         }
-        // A refused transaction is redone at once as a full replace (as kube-proxy forces a
-        // full sync after a failure): the replace is right whatever the kernel holds.
-        let full_first = std::mem::take(&mut self.full_next);
-        let opts = |force_full| ApplyOptions {
-            force_full,
-            ..Default::default()
+        let (result, ir, compile) = match applied {
+            Some(a) => a,
+            None => {
+                let t1 = Instant::now();
+                let out = self.session.compile();
+                let compile = t1.elapsed();
+                self.report_diagnostics(&out.diagnostics, &out.notes);
+                let Output { ir, ruleset, .. } = out;
+                self.stats = ruleset.stats();
+                let ir = Arc::new(ir);
+                if first {
+                    tracing::info!("first sync: svcc's tables are replaced in one transaction; established connections keep their conntrack entries");
+                }
+                // A refused transaction is redone at once as a full replace (as kube-proxy
+                // forces a full sync after a failure): the replace is right whatever the
+                // kernel holds.
+                let full_first = std::mem::take(&mut self.full_next);
+                let opts = |force_full| ApplyOptions {
+                    force_full,
+                    ..Default::default()
+                };
+                let mut result = self.applier.apply_owned(ruleset, &opts(full_first));
+                if let (Err(e), false) = (&result, full_first) {
+                    self.metrics(|m| m.sync_failures += 1);
+                    tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
+                    let again = self.session.compile().ruleset;
+                    result = self.applier.apply_owned(again, &opts(true));
+                }
+                (result, ir, compile)
+            }
         };
-        let mut result = self.applier.apply_owned(ruleset, &opts(full_first));
-        if let (Err(e), false) = (&result, full_first) {
-            self.metrics(|m| m.sync_failures += 1);
-            tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
-            let again = self.session.compile().ruleset;
-            result = self.applier.apply_owned(again, &opts(true));
-        }
+        let stats = self.stats;
         let r = match result {
             Ok(r) => r,
             Err(e) => {
@@ -393,10 +440,10 @@ impl Daemon {
     }
 
     /// Logs each diagnostic once (when it appears; its disappearance at info), updates counts.
-    fn report_diagnostics(&mut self, out: &Output) {
-        let now: HashSet<String> = out.diagnostics.iter().map(|d| d.to_string()).collect();
+    fn report_diagnostics(&mut self, diagnostics: &[Diagnostic], notes: &[String]) {
+        let now: HashSet<String> = diagnostics.iter().map(|d| d.to_string()).collect();
         let mut new_errors = 0u64;
-        for d in &out.diagnostics {
+        for d in diagnostics {
             let text = d.to_string();
             if self.logged.contains(&text) {
                 continue;
@@ -411,13 +458,12 @@ impl Daemon {
         for gone in self.logged.difference(&now) {
             tracing::info!(target: "svcc::input", "resolved: {gone}");
         }
-        for n in &out.notes {
+        for n in notes {
             tracing::debug!(target: "svcc::input", "note: {n}");
         }
         self.logged = now;
         // Distinct invalid objects (several errors of one object count once).
-        let invalid: HashSet<(&str, String)> = out
-            .diagnostics
+        let invalid: HashSet<(&str, String)> = diagnostics
             .iter()
             .filter(|d| d.is_error())
             .map(|d| {
@@ -429,7 +475,7 @@ impl Daemon {
                 (d.file.as_str(), what)
             })
             .collect();
-        let warnings = out.diagnostics.iter().filter(|d| !d.is_error()).count();
+        let warnings = diagnostics.iter().filter(|d| !d.is_error()).count();
         self.metrics(|m| {
             m.invalid_objects = invalid.len() as u64;
             m.input_warnings = warnings as u64;
