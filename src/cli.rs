@@ -290,7 +290,7 @@ impl NodeFlags {
         let opts = CompileOptions {
             keep_going: self.keep_going,
         };
-        match svcc_compiler::compile(&sources, &settings, opts) {
+        match svcc_compiler::compile_owned(sources, &settings, opts) {
             Ok(out) => {
                 print_diags(&out.diagnostics);
                 if self.verbose {

@@ -58,6 +58,36 @@ pub fn compile(
     settings: &NodeSettings,
     opts: CompileOptions,
 ) -> Result<Output, InputErrors> {
+    let front = front(sources, settings, opts)?;
+    Ok(front.build())
+}
+
+/// [`compile`], taking the sources: their texts are freed as soon as the diagnostics are
+/// located, before the model (the biggest thing built) is.
+pub fn compile_owned(
+    sources: Vec<Source>,
+    settings: &NodeSettings,
+    opts: CompileOptions,
+) -> Result<Output, InputErrors> {
+    let front = front(&sources, settings, opts);
+    drop(sources);
+    Ok(front?.build())
+}
+
+/// What parse and lower leave for the optimizer.
+struct Front {
+    ir: ir::Ir,
+    diags: Vec<Diagnostic>,
+    notes: Vec<String>,
+    skipped: Vec<Skipped>,
+}
+
+/// Parse, lower and locate the diagnostics.
+fn front(
+    sources: &[Source],
+    settings: &NodeSettings,
+    opts: CompileOptions,
+) -> Result<Front, InputErrors> {
     let mut diags = Vec::new();
     let mut notes = Vec::new();
     let parsed = manifest::parse_sources(sources, &mut diags);
@@ -69,12 +99,23 @@ pub fn compile(
     if !opts.keep_going && diags.iter().any(Diagnostic::is_error) {
         return Err(InputErrors(diags));
     }
-    let ruleset = nft::build::build(&ir);
-    Ok(Output {
+    Ok(Front {
         ir,
-        ruleset,
-        diagnostics: diags,
+        diags,
         notes,
         skipped,
     })
+}
+
+impl Front {
+    fn build(self) -> Output {
+        let ruleset = nft::build::build(&self.ir);
+        Output {
+            ir: self.ir,
+            ruleset,
+            diagnostics: self.diags,
+            notes: self.notes,
+            skipped: self.skipped,
+        }
+    }
 }
