@@ -58,36 +58,36 @@ pub fn compile(
     settings: &NodeSettings,
     opts: CompileOptions,
 ) -> Result<Output, InputErrors> {
-    let front = front(sources, settings, opts)?;
-    Ok(front.build())
+    Ok(lower_located(sources, settings, opts)?.build())
 }
 
-/// [`compile`], taking the sources: their texts are freed as soon as the diagnostics are
-/// located, before the model (the biggest thing built) is.
-pub fn compile_owned(
+/// The first half of [`compile`] (parse and lower), taking the sources: their texts are
+/// freed once the diagnostics are located. [`Lowered::build`] is the second half; between
+/// the two, nothing of the parse is left, so a caller can return the freed memory to the
+/// system before the model (the biggest thing built) is.
+pub fn lower_sources(
     sources: Vec<Source>,
     settings: &NodeSettings,
     opts: CompileOptions,
-) -> Result<Output, InputErrors> {
-    let front = front(&sources, settings, opts);
-    drop(sources);
-    Ok(front?.build())
+) -> Result<Lowered, InputErrors> {
+    lower_located(&sources, settings, opts)
 }
 
-/// What parse and lower leave for the optimizer.
-struct Front {
+/// Parsed and lowered inputs, diagnostics located: everything [`Lowered::build`] needs.
+#[derive(Debug)]
+pub struct Lowered {
     ir: ir::Ir,
     diags: Vec<Diagnostic>,
     notes: Vec<String>,
     skipped: Vec<Skipped>,
 }
 
-/// Parse, lower and locate the diagnostics.
-fn front(
+/// Parse, lower, locate the diagnostics.
+fn lower_located(
     sources: &[Source],
     settings: &NodeSettings,
     opts: CompileOptions,
-) -> Result<Front, InputErrors> {
+) -> Result<Lowered, InputErrors> {
     let mut diags = Vec::new();
     let mut notes = Vec::new();
     let parsed = manifest::parse_sources(sources, &mut diags);
@@ -99,7 +99,7 @@ fn front(
     if !opts.keep_going && diags.iter().any(Diagnostic::is_error) {
         return Err(InputErrors(diags));
     }
-    Ok(Front {
+    Ok(Lowered {
         ir,
         diags,
         notes,
@@ -107,8 +107,9 @@ fn front(
     })
 }
 
-impl Front {
-    fn build(self) -> Output {
+impl Lowered {
+    /// Builds the nftables model: the rest of [`compile`].
+    pub fn build(self) -> Output {
         let ruleset = nft::build::build(&self.ir);
         Output {
             ir: self.ir,
