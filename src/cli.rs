@@ -290,7 +290,12 @@ impl NodeFlags {
         let opts = CompileOptions {
             keep_going: self.keep_going,
         };
-        match svcc_compiler::compile(&sources, &settings, opts) {
+        let lowered = svcc_compiler::lower_sources(sources, &settings, opts);
+        // What parse and lower freed goes back to the system before the model is built.
+        match lowered.map(|l| {
+            crate::release_free_memory();
+            l.build()
+        }) {
             Ok(out) => {
                 print_diags(&out.diagnostics);
                 if self.verbose {
@@ -348,12 +353,24 @@ fn compile(c: CompileCmd) -> Result<ExitCode> {
     if c.emit == Emit::Nft && settings.backend == Backend::Iptables {
         return write_iptables(&out, c.output.as_deref());
     }
+    // Only what is written stays alive while it is written (the model of a big cluster is
+    // the biggest thing svcc holds, the IR a tenth of it).
+    let what = match c.emit {
+        Emit::Nft => {
+            drop(out.ir);
+            Ok(out.ruleset)
+        }
+        Emit::Ir => {
+            drop(out.ruleset);
+            Err(out.ir)
+        }
+    };
     // Streamed: the ruleset of a big cluster is never one string in memory.
     let write = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
-        match c.emit {
-            Emit::Nft => svcc_compiler::nft::render::write_replace(w, &out.ruleset),
-            Emit::Ir => {
-                serde_json::to_writer_pretty(&mut *w, &out.ir)?;
+        match &what {
+            Ok(ruleset) => svcc_compiler::nft::render::write_replace(w, ruleset),
+            Err(ir) => {
+                serde_json::to_writer_pretty(&mut *w, ir)?;
                 w.write_all(b"\n")
             }
         }

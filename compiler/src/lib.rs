@@ -58,6 +58,36 @@ pub fn compile(
     settings: &NodeSettings,
     opts: CompileOptions,
 ) -> Result<Output, InputErrors> {
+    Ok(lower_located(sources, settings, opts)?.build())
+}
+
+/// The first half of [`compile`] (parse and lower), taking the sources: their texts are
+/// freed once the diagnostics are located. [`Lowered::build`] is the second half; between
+/// the two, nothing of the parse is left, so a caller can return the freed memory to the
+/// system before the model (the biggest thing built) is.
+pub fn lower_sources(
+    sources: Vec<Source>,
+    settings: &NodeSettings,
+    opts: CompileOptions,
+) -> Result<Lowered, InputErrors> {
+    lower_located(&sources, settings, opts)
+}
+
+/// Parsed and lowered inputs, diagnostics located: everything [`Lowered::build`] needs.
+#[derive(Debug)]
+pub struct Lowered {
+    ir: ir::Ir,
+    diags: Vec<Diagnostic>,
+    notes: Vec<String>,
+    skipped: Vec<Skipped>,
+}
+
+/// Parse, lower, locate the diagnostics.
+fn lower_located(
+    sources: &[Source],
+    settings: &NodeSettings,
+    opts: CompileOptions,
+) -> Result<Lowered, InputErrors> {
     let mut diags = Vec::new();
     let mut notes = Vec::new();
     let parsed = manifest::parse_sources(sources, &mut diags);
@@ -69,12 +99,24 @@ pub fn compile(
     if !opts.keep_going && diags.iter().any(Diagnostic::is_error) {
         return Err(InputErrors(diags));
     }
-    let ruleset = nft::build::build(&ir);
-    Ok(Output {
+    Ok(Lowered {
         ir,
-        ruleset,
-        diagnostics: diags,
+        diags,
         notes,
         skipped,
     })
+}
+
+impl Lowered {
+    /// Builds the nftables model: the rest of [`compile`].
+    pub fn build(self) -> Output {
+        let ruleset = nft::build::build(&self.ir);
+        Output {
+            ir: self.ir,
+            ruleset,
+            diagnostics: self.diags,
+            notes: self.notes,
+            skipped: self.skipped,
+        }
+    }
 }

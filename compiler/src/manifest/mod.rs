@@ -4,6 +4,7 @@
 //! and typed `*List` kinds (whose items may lack apiVersion/kind). Objects of kinds svcc does
 //! not use are counted and listed, not rejected: users pipe `kubectl get all`.
 
+mod compact;
 pub mod locate;
 mod split;
 mod stream;
@@ -42,15 +43,38 @@ pub struct Skipped {
     pub name: String,
 }
 
+/// Parsed objects, each cut down to the fields `lower` reads (see `compact.rs`).
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub objects: Vec<(Origin, Object)>,
     pub skipped: Vec<Skipped>,
+    /// Keep every field (the test of `compact.rs` compares both).
+    full: bool,
+}
+
+impl Parsed {
+    fn new(full: bool) -> Parsed {
+        Parsed {
+            full,
+            ..Parsed::default()
+        }
+    }
+
+    fn push(&mut self, origin: Origin, mut o: Object) {
+        if !self.full {
+            compact::compact(&mut o);
+        }
+        self.objects.push((origin, o));
+    }
 }
 
 /// Parses every source; problems go to `diags`, good objects to the result.
 pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed {
-    let mut out = Parsed::default();
+    parse_sources_with(sources, diags, false)
+}
+
+fn parse_sources_with(sources: &[Source], diags: &mut Vec<Diagnostic>, full: bool) -> Parsed {
+    let mut out = Parsed::new(full);
     for src in sources {
         parse_source(src, &mut out, diags);
     }
@@ -60,7 +84,7 @@ pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed 
 fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
     let file: Arc<str> = Arc::from(src.name.as_str());
     if let Some(items) = split::list_items(&src.text) {
-        if let Some(parsed) = split::parse_items(items, &file) {
+        if let Some(parsed) = split::parse_items(items, &file, out.full) {
             out.objects.extend(parsed.objects);
             out.skipped.extend(parsed.skipped);
             return;
@@ -265,7 +289,7 @@ fn handle_value(mut value: Value, origin: Origin, out: &mut Parsed, diags: &mut 
         }
     };
     if let Some(o) = obj {
-        out.objects.push((origin, o));
+        out.push(origin, o);
     }
 }
 

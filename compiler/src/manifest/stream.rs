@@ -34,6 +34,39 @@ pub(super) fn parse_document<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// Reads a one-element sequence (`- …`, an item of a List cut out of its file) as the object
+/// at `origin`; anything else is an error, and the caller takes the general path.
+pub(super) fn parse_item<'de, D: serde::Deserializer<'de>>(
+    de: D,
+    origin: Origin,
+    out: &mut Parsed,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<(), D::Error> {
+    de.deserialize_seq(OneItem(ObjectSeed {
+        origin,
+        defaults: None,
+        out,
+        diags,
+    }))
+}
+
+struct OneItem<'a>(ObjectSeed<'a>);
+
+impl<'de> Visitor<'de> for OneItem<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("one list item")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if seq.next_element_seed(self.0)?.is_none() || seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom("not one list item"));
+        }
+        Ok(())
+    }
+}
+
 /// One object (or list) at `origin`; `defaults` = (apiVersion, kind) for items of typed lists.
 struct ObjectSeed<'a> {
     origin: Origin,
@@ -176,7 +209,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
 }
 
 fn push(out: &mut Parsed, origin: Origin, o: Object) {
-    out.objects.push((origin, o));
+    out.push(origin, o);
 }
 
 /// The kinds the fast path reads directly.
