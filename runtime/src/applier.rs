@@ -118,6 +118,10 @@ pub struct Applier {
     applied: Option<Applied>,
 }
 
+/// Deltas kept aside before they are folded into the applied model (bounds their memory; a
+/// fold costs one pass over the model).
+const MAX_PENDING: usize = 256;
+
 /// A table svcc owns, and the marker the kernel's copy carries (if any).
 type TableName = (Family, &'static str);
 type KernelMarker = (TableName, Option<Vec<u8>>);
@@ -393,6 +397,9 @@ impl Applier {
                     a.pending.push(delta.clone());
                     a.genid = after.unwrap_or(genid.wrapping_add(1));
                     a.clean = clean;
+                    if a.pending.len() >= MAX_PENDING {
+                        self.fold_pending();
+                    }
                     return Ok(Some(report));
                 }
                 Outcome::Stale => {}

@@ -148,6 +148,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         retry_at: None,
         full_next: false,
         stats: Stats::default(),
+        verifies_since_full: 0,
     };
     let sig = d.run(&rx);
     match sig {
@@ -182,7 +183,12 @@ struct Daemon {
     full_next: bool,
     /// Object counts of the ruleset last applied.
     stats: Stats,
+    /// Verifications done as (empty) deltas since the last full compile.
+    verifies_since_full: u32,
 }
+
+/// Every this many verifications (syncPeriod), one compiles and compares everything.
+const FULL_VERIFY_EVERY: u32 = 120;
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -273,9 +279,15 @@ impl Daemon {
         // Anything else is compiled afresh (deterministic, so a verification with unchanged
         // inputs gives the same ruleset) and handed to the applier by value: it keeps it as
         // the state it diffs against next time, without a copy.
+        // A verification goes the same way: with nothing changed the delta is empty, and the
+        // applier sends nothing once it has checked that the kernel still holds what it
+        // applied (else it declines and the full path below repairs). One verification in
+        // FULL_VERIFY_EVERY compiles and compares everything anyway, as kube-proxy's hourly
+        // full sync does.
         let t1 = Instant::now();
         let mut applied = None;
-        if !(verify || retrying || first || self.full_next) {
+        let full_verify = verify && self.verifies_since_full + 1 >= FULL_VERIFY_EVERY;
+        if !(full_verify || retrying || first || self.full_next) {
             if let Some(inc) = self.session.compile_delta() {
                 let compile = t1.elapsed();
                 match self
@@ -283,6 +295,7 @@ impl Daemon {
                     .apply_delta(&inc.delta, &ApplyOptions::default())
                 {
                     Ok(Some(r)) => {
+                        self.verifies_since_full += u32::from(verify);
                         // The rules are in; the rest is bookkeeping (the IR snapshot for health
                         // checks and the conntrack thread is the one part that grows with the
                         // cluster, and it comes after the commit).
@@ -309,6 +322,7 @@ impl Daemon {
         let (result, ir, compile) = match applied {
             Some(a) => a,
             None => {
+                self.verifies_since_full = 0;
                 let t1 = Instant::now();
                 let out = self.session.compile();
                 let compile = t1.elapsed();
