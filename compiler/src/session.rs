@@ -222,8 +222,9 @@ impl Session {
         out
     }
 
-    /// The change since the last compile as a delta, when only endpoints changed (see the
-    /// module doc); None when a full [`compile`](Self::compile) is needed.
+    /// The change since the last compile as a delta, when only Services and their endpoint
+    /// objects changed and no conflict between Services is involved (see the module doc);
+    /// None when a full [`compile`](Self::compile) is needed.
     pub fn compile_delta(&mut self) -> Option<Incremental> {
         let changed = match (&self.dirty, &self.compiled) {
             (_, None) | (Dirty::Full, _) => return None,
@@ -314,11 +315,11 @@ impl Session {
                     }
                 }
             }
-            // Claims inside the changed set are checked against each other too.
             new_diags.insert(k.clone(), diags);
             new_notes.insert(k.clone(), notes);
             lowered.push((k.clone(), l));
         }
+        // Claims inside the changed set, against each other.
         {
             let mut seen_np = HashSet::new();
             let mut seen_fe = HashSet::new();

@@ -300,7 +300,7 @@ impl Daemon {
                         // checks and the conntrack thread is the one part that grows with the
                         // cluster, and it comes after the commit).
                         let diags = self.session.diagnostics();
-                        let notes = self.session.notes().to_vec();
+                        let notes = self.session.notes();
                         self.report_diagnostics(&diags, &notes);
                         let (add, del) = inc.delta.stats_change();
                         let st = &mut self.stats;
