@@ -129,7 +129,8 @@ pub(crate) fn service_key(s: &Service) -> SvcKey {
     )
 }
 
-/// [`lower_objects`], also saying which diagnostics came from which Service's endpoints.
+/// [`lower_objects`], also saying which diagnostics and notes are about which Service, which
+/// Services are in a conflict, and what each claims ([`Tracking`]).
 pub(crate) fn lower_tracked<'a>(
     objects: impl IntoIterator<Item = &'a (Origin, Object)>,
     settings: &NodeSettings,
