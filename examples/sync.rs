@@ -98,7 +98,13 @@ fn main() {
 fn measure(session: &mut Session, applier: &mut Applier, src: impl Fn(u32) -> Source) -> String {
     let (mut total, mut compile, mut apply, mut msgs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 1..=20 {
+    let mut kernel = Vec::new();
+    // SVCC_SYNC_CHANGES: more changes (e.g. to profile them); 20 by default.
+    let changes: u32 = std::env::var("SVCC_SYNC_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for i in 1..=changes {
         let t0 = Instant::now();
         assert!(session.set_file(src(i)));
         let inc = session.compile_delta().expect("the change is a delta");
@@ -112,14 +118,16 @@ fn measure(session: &mut Session, applier: &mut Applier, src: impl Fn(u32) -> So
         total.push(t2 - t0);
         compile.push(t1 - t0);
         apply.push(t2 - t1);
+        kernel.push(r.kernel_time);
         msgs.push(r.messages);
     }
     msgs.sort();
     format!(
-        "total {:.2} ms (compile {:.2} ms, apply {:.2} ms), {} messages",
+        "total {:.2} ms (compile {:.2} ms, apply {:.2} ms of which kernel {:.2} ms), {} messages",
         median(total).as_secs_f64() * 1e3,
         median(compile).as_secs_f64() * 1e3,
         median(apply).as_secs_f64() * 1e3,
+        median(kernel).as_secs_f64() * 1e3,
         msgs[msgs.len() / 2]
     )
 }
