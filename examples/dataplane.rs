@@ -7,7 +7,7 @@
 //! (SO_LINGER 0), so every try is a new conntrack entry and a full rule traversal.
 //!
 //!   sudo cargo run --release --example dataplane -- [--seconds 3] [--backend nft|iptables-legacy|iptables-nft] N...
-//! prints one line per (backend, N): `backend services conn/s` (the median of three runs).
+//! prints one line per (backend, N): `backend services conn/s` (the median of five runs, taken in rounds over the sizes).
 
 #[path = "../fixtures/gen/cluster.rs"]
 mod cluster;
@@ -242,6 +242,9 @@ fn measure(backend: &str, services: usize, seconds: f64) -> f64 {
     count.load(Ordering::Relaxed) as f64 / seconds
 }
 
+/// Runs per (backend, size); the median is printed.
+const RUNS: usize = 5;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut seconds = 3.0;
@@ -267,11 +270,18 @@ fn main() {
     }
     println!("backend\tservices\tconn/s");
     for b in &backends {
-        for &n in &counts {
-            // The median of three runs: single runs on a 2-core VM vary by ±15 %.
-            let mut runs: Vec<f64> = (0..3).map(|_| measure(b, n, seconds)).collect();
-            runs.sort_by(|a, b| a.total_cmp(b));
-            let rate = runs[1];
+        // The median of five runs, taken in rounds over the sizes: single runs on a 2-core
+        // VM vary by ±15 %, and drift (the first runs of a series tend to be faster) must not
+        // favour one size.
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+        for _ in 0..RUNS {
+            for (i, &n) in counts.iter().enumerate() {
+                runs[i].push(measure(b, n, seconds));
+            }
+        }
+        for (mut r, &n) in runs.into_iter().zip(&counts) {
+            r.sort_by(|a, b| a.total_cmp(b));
+            let rate = r[r.len() / 2];
             println!("{b}\t{n}\t{rate:.0}");
         }
     }

@@ -142,8 +142,9 @@ cat >> docs/PERFORMANCE.md <<'MD'
   keeps `numgen` in the rule avoids it on this kernel. Adding or removing a whole Service is a
   delta too (its chains, its map elements), against kube-proxy's 141 ms at 10k.
 - **(4) data plane — met.** Dispatch is one verdict-map lookup and endpoint choice one hash
-  lookup, whatever the number of services (each figure is the median of three runs; single
-  runs on this 2-core VM vary by ±15 %). The iptables backend walks `SVCC-SERVICES` linearly
+  lookup, whatever the number of services (each figure is the median of five runs taken in
+  rounds over the sizes; single runs on this 2-core VM vary by ±15 %, and a series' first runs
+  tend to be faster, which is why the sizes are interleaved). The iptables backend walks `SVCC-SERVICES` linearly
   (the measured service sorts last): kube-proxy's published curve.
 - **(5) sets/maps — traded for (3), measured.** 12 fixed sets/maps plus the endpoint maps,
   whose number grows with the cluster (a power of two, one per ≤ 16 service ports, at most
