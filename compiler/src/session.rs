@@ -198,8 +198,12 @@ impl Session {
         };
         let compiled = Compiled {
             ids: ir.families.iter().map(build::endpoint_ids).collect(),
-            hairpin: ir.families.iter().map(hairpin_counts).collect(),
-            cluster_ips: ir.families.iter().map(cluster_ip_counts).collect(),
+            hairpin: ir
+                .families
+                .iter()
+                .map(|f| counts(f, endpoint_addrs))
+                .collect(),
+            cluster_ips: ir.families.iter().map(|f| counts(f, cluster_ips)).collect(),
             frontends: ir.families.iter().map(claims).collect(),
             ir,
             node_ports: tracking.node_ports,
@@ -652,18 +656,11 @@ fn count(m: &mut HashMap<IpAddr, u32>, addrs: BTreeSet<IpAddr>, d: i64) {
     }
 }
 
-fn hairpin_counts(f: &FamilyIr) -> HashMap<IpAddr, u32> {
+/// How many service ports of a family have each address (`endpoint_addrs`, `cluster_ips`).
+fn counts(f: &FamilyIr, addrs: fn(&ServicePort) -> BTreeSet<IpAddr>) -> HashMap<IpAddr, u32> {
     let mut m = HashMap::new();
     for sp in &f.service_ports {
-        count(&mut m, endpoint_addrs(sp), 1);
-    }
-    m
-}
-
-fn cluster_ip_counts(f: &FamilyIr) -> HashMap<IpAddr, u32> {
-    let mut m = HashMap::new();
-    for sp in &f.service_ports {
-        count(&mut m, cluster_ips(sp), 1);
+        count(&mut m, addrs(sp), 1);
     }
     m
 }

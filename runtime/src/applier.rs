@@ -242,19 +242,8 @@ impl Applier {
             if opts.inject_invalid {
                 inject(&mut plan, &desired);
             }
-            let mut report = ApplyReport {
-                full: plan.full,
-                reason: plan.reason.clone(),
-                generation: genid,
-                retries,
-                changes: plan.changes(),
-                ..Default::default()
-            };
-            if opts.dry_run || opts.script {
-                report.script = plan.script();
-            }
+            let mut report = planned_report(&plan, genid, retries, opts);
             if plan.ops.is_empty() {
-                report.reason = "no change".into();
                 report.encode_time = t0.elapsed();
                 return Ok(report);
             }
@@ -351,18 +340,8 @@ impl Applier {
             let Ok(plan) = plan::from_delta(&a.ruleset, delta) else {
                 return Ok(None);
             };
-            let mut report = ApplyReport {
-                reason: plan.reason.clone(),
-                generation: genid,
-                retries,
-                changes: plan.changes(),
-                ..Default::default()
-            };
-            if opts.dry_run || opts.script {
-                report.script = plan.script();
-            }
+            let mut report = planned_report(&plan, genid, retries, opts);
             if plan.ops.is_empty() {
-                report.reason = "no change".into();
                 report.encode_time = t0.elapsed();
                 return Ok(Some(report));
             }
@@ -544,6 +523,27 @@ impl Applier {
                 return Err(ApplyError::TooManyRetries(retries - 1));
             }
         }
+    }
+}
+
+/// The report of a planned transaction, before it is encoded and sent.
+fn planned_report(plan: &Plan, genid: u32, retries: u32, opts: &ApplyOptions) -> ApplyReport {
+    ApplyReport {
+        full: plan.full,
+        reason: if plan.ops.is_empty() {
+            "no change".into()
+        } else {
+            plan.reason.clone()
+        },
+        generation: genid,
+        retries,
+        changes: plan.changes(),
+        script: if opts.dry_run || opts.script {
+            plan.script()
+        } else {
+            String::new()
+        },
+        ..Default::default()
     }
 }
 

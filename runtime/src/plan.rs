@@ -641,6 +641,12 @@ fn table_diff<'m>(ops: &mut Vec<Op<'m>>, old: &'m Table, new: &'m Table) {
         .iter()
         .filter(|c| !new_names.contains(c.name.as_str()))
         .collect();
+    remove_chains(ops, fam, tn, &removed);
+}
+
+/// Deletes chains nothing refers to any more but which may refer to each other: all are
+/// flushed first, then deleted (a delete in the wrong order is refused with EBUSY).
+fn remove_chains<'m>(ops: &mut Vec<Op<'m>>, fam: Family, tn: &'m str, removed: &[&'m Chain]) {
     for c in removed.iter().filter(|c| !c.rules.is_empty()) {
         ops.push(Op::FlushChain {
             fam,
@@ -751,20 +757,7 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
                 _ => None,
             })
             .collect();
-        for c in removed.iter().filter(|c| !c.rules.is_empty()) {
-            ops.push(Op::FlushChain {
-                fam,
-                table: tn,
-                chain: c,
-            });
-        }
-        for c in removed {
-            ops.push(Op::DelChain {
-                fam,
-                table: tn,
-                chain: c,
-            });
-        }
+        remove_chains(&mut ops, fam, tn, &removed);
     }
     Ok(Plan {
         ops,
