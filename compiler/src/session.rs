@@ -253,6 +253,10 @@ impl Session {
     /// Re-lowers the `changed` Services; updates the compiled state only if the whole change
     /// can be expressed as a delta.
     fn relower(&mut self, changed: &BTreeSet<SvcKey>) -> Result<(usize, Delta), NotIncremental> {
+        // Taken, not cloned (a changed id table would be copied whole): on any error the
+        // caller marks the session for a full compile, which makes them anew.
+        let mut ids: Vec<EndpointIds> =
+            std::mem::take(&mut self.compiled.as_mut().expect("compiled").ids);
         let c = self.compiled.as_ref().expect("compiled");
         let no = |why: String| Err(NotIncremental(why));
         if self.settings.node_ips.is_empty() {
@@ -350,14 +354,13 @@ impl Session {
         }
         // The delta, table by table; nothing is changed yet.
         let mut delta = Delta::default();
-        let mut ids: Vec<EndpointIds> = c.ids.clone();
         let mut changed_ports = 0;
         for (fi, f) in c.ir.families.iter().enumerate() {
             let mut b = TableDeltaBuilder::new(f.family, names::TABLE);
             let mut old_parts = Vec::new();
             for (k, _) in &lowered {
                 for (_, sp) in service_ports_of(f, k) {
-                    old_parts.push((sp, build::service_port_parts(f, sp, &c.ids[fi])));
+                    old_parts.push((sp, build::service_port_parts(f, sp, &ids[fi])));
                 }
             }
             // Ids of removed service ports first, then of new ones (as a full build would
