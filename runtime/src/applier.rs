@@ -200,18 +200,7 @@ impl Applier {
         let mut retries = 0;
         loop {
             let t0 = Instant::now();
-            let genid = self
-                .conn
-                .genid()
-                .map_err(ApplyError::io("get generation id"))?;
-            // Commits by others since ours: did any touch svcc's tables?
-            if touched(&mut self.monitor)? {
-                if let Some(a) = self.applied.as_mut() {
-                    a.clean = false;
-                }
-            }
-            let (present, kernel_markers) = self.kernel_tables()?;
-            let trusted = self.trusted(genid, &kernel_markers, opts);
+            let (genid, present, trusted) = self.survey(opts)?;
             let markers: Vec<Vec<u8>>;
             let plan = match (&self.applied, trusted) {
                 (Some(a), true) => match plan::incremental(&a.ruleset, &desired) {
@@ -249,20 +238,19 @@ impl Applier {
             }
             let mut batch = Batch::new(self.conn.next_seq(1 << 24), genid);
             encode(&mut batch, &plan, &desired)?;
-            report.messages = batch.messages;
-            report.bytes = batch.bytes();
-            report.encode_time = t0.elapsed();
-            if opts.dry_run {
+            let sent = send(
+                &mut self.conn,
+                &mut self.monitor,
+                &mut batch,
+                &mut report,
+                t0,
+                opts,
+                retries,
+            )?;
+            let Some((outcome, after)) = sent else {
                 return Ok(report);
-            }
-            if let Some(h) = &opts.before_commit {
-                h(retries);
-            }
+            };
             let plan_full = plan.full;
-            let t1 = Instant::now();
-            let (outcome, after) = commit(&mut self.conn, &mut self.monitor, &mut batch)?;
-            report.kernel_time = t1.elapsed();
-            report.bytes = batch.bytes();
             match outcome {
                 Outcome::Committed => {
                     report.committed = true;
@@ -323,17 +311,8 @@ impl Applier {
             if self.applied.is_none() || opts.force_full || opts.inject_invalid {
                 return Ok(None);
             }
-            let genid = self
-                .conn
-                .genid()
-                .map_err(ApplyError::io("get generation id"))?;
-            if touched(&mut self.monitor)? {
-                if let Some(a) = self.applied.as_mut() {
-                    a.clean = false;
-                }
-            }
-            let (_, kernel_markers) = self.kernel_tables()?;
-            if !self.trusted(genid, &kernel_markers, opts) {
+            let (genid, _, trusted) = self.survey(opts)?;
+            if !trusted {
                 return Ok(None);
             }
             let a = self.applied.as_ref().expect("applied");
@@ -347,19 +326,18 @@ impl Applier {
             }
             let mut batch = Batch::new(self.conn.next_seq(1 << 24), genid);
             encode(&mut batch, &plan, &a.ruleset)?;
-            report.messages = batch.messages;
-            report.bytes = batch.bytes();
-            report.encode_time = t0.elapsed();
-            if opts.dry_run {
+            let sent = send(
+                &mut self.conn,
+                &mut self.monitor,
+                &mut batch,
+                &mut report,
+                t0,
+                opts,
+                retries,
+            )?;
+            let Some((outcome, after)) = sent else {
                 return Ok(Some(report));
-            }
-            if let Some(h) = &opts.before_commit {
-                h(retries);
-            }
-            let t1 = Instant::now();
-            let (outcome, after) = commit(&mut self.conn, &mut self.monitor, &mut batch)?;
-            report.kernel_time = t1.elapsed();
-            report.bytes = batch.bytes();
+            };
             match outcome {
                 Outcome::Committed => {
                     report.committed = true;
@@ -415,8 +393,19 @@ impl Applier {
         }
     }
 
-    /// Which owned tables exist, and the marker each carries.
-    fn kernel_tables(&mut self) -> Result<(Vec<TableName>, Vec<KernelMarker>), ApplyError> {
+    /// Before a transaction: the generation it is planned against, which owned tables exist,
+    /// and whether the kernel provably holds what this applier last applied (commits by others
+    /// since ours touching svcc's tables, seen by the monitor, make it forget the difference).
+    fn survey(&mut self, opts: &ApplyOptions) -> Result<(u32, Vec<TableName>, bool), ApplyError> {
+        let genid = self
+            .conn
+            .genid()
+            .map_err(ApplyError::io("get generation id"))?;
+        if touched(&mut self.monitor)? {
+            if let Some(a) = self.applied.as_mut() {
+                a.clean = false;
+            }
+        }
         let mut present = Vec::new();
         let mut kernel_markers = Vec::new();
         for (fam, name) in OWNED {
@@ -429,7 +418,8 @@ impl Applier {
                 kernel_markers.push(((fam, name), marker_of(&ud)));
             }
         }
-        Ok((present, kernel_markers))
+        let trusted = self.trusted(genid, &kernel_markers, opts);
+        Ok((genid, present, trusted))
     }
 
     /// Whether the kernel provably holds what this applier last applied.
@@ -524,6 +514,33 @@ impl Applier {
             }
         }
     }
+}
+
+/// Sends an encoded batch (unless a dry run: then None) and fills the report's counts and
+/// times; `t0` is when planning began.
+fn send(
+    conn: &mut Conn,
+    monitor: &mut Option<Monitor>,
+    batch: &mut Batch,
+    report: &mut ApplyReport,
+    t0: Instant,
+    opts: &ApplyOptions,
+    retries: u32,
+) -> Result<Option<(Outcome, Option<u32>)>, ApplyError> {
+    report.messages = batch.messages;
+    report.bytes = batch.bytes();
+    report.encode_time = t0.elapsed();
+    if opts.dry_run {
+        return Ok(None);
+    }
+    if let Some(h) = &opts.before_commit {
+        h(retries);
+    }
+    let t1 = Instant::now();
+    let sent = commit(conn, monitor, batch)?;
+    report.kernel_time = t1.elapsed();
+    report.bytes = batch.bytes();
+    Ok(Some(sent))
 }
 
 /// The report of a planned transaction, before it is encoded and sent.

@@ -461,15 +461,20 @@ fn push_table<'m>(ops: &mut Vec<Op<'m>>, t: &'m Table, marker: Vec<u8>) {
         }
     }
     for c in &t.chains {
-        for (i, r) in c.rules.iter().enumerate() {
-            ops.push(Op::AddRule {
-                fam,
-                table: tn,
-                chain: &c.name,
-                index: i,
-                rule: r,
-            });
-        }
+        add_rules(ops, fam, tn, c);
+    }
+}
+
+/// Appends every rule of `c`, in order.
+fn add_rules<'m>(ops: &mut Vec<Op<'m>>, fam: Family, tn: &'m str, c: &'m Chain) {
+    for (i, r) in c.rules.iter().enumerate() {
+        ops.push(Op::AddRule {
+            fam,
+            table: tn,
+            chain: &c.name,
+            index: i,
+            rule: r,
+        });
     }
 }
 
@@ -568,15 +573,7 @@ fn table_diff<'m>(ops: &mut Vec<Op<'m>>, old: &'m Table, new: &'m Table) {
             Some(_) => false,
         };
         if refill {
-            for (i, r) in c.rules.iter().enumerate() {
-                ops.push(Op::AddRule {
-                    fam,
-                    table: tn,
-                    chain: &c.name,
-                    index: i,
-                    rule: r,
-                });
-            }
+            add_rules(ops, fam, tn, c);
         }
     }
     // 3. Elements: deletions (and the old side of changed elements) before additions.
@@ -691,17 +688,6 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
             .iter()
             .find(|t| t.family == fam && t.name == tn)
             .ok_or_else(|| format!("table {} {tn} is not applied", fam.keyword()))?;
-        let rules = |ops: &mut Vec<Op<'m>>, c: &'m Chain| {
-            for (i, r) in c.rules.iter().enumerate() {
-                ops.push(Op::AddRule {
-                    fam,
-                    table: tn,
-                    chain: &c.name,
-                    index: i,
-                    rule: r,
-                });
-            }
-        };
         // Same order as a difference of whole models (see `table_diff`): every new chain
         // before any rule, since rules jump to each other's chains.
         for ch in &td.chains {
@@ -715,7 +701,7 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
         }
         for ch in &td.chains {
             if let ChainChange::Add(c) = ch {
-                rules(&mut ops, c);
+                add_rules(&mut ops, fam, tn, c);
             }
         }
         for ch in &td.chains {
@@ -725,7 +711,7 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
                     table: tn,
                     chain: c,
                 });
-                rules(&mut ops, c);
+                add_rules(&mut ops, fam, tn, c);
             }
         }
         let set = |name: &str| {
