@@ -24,7 +24,7 @@ use crate::manifest::{self, Object, Parsed, Skipped, Source};
 use crate::nft::build::{self, EndpointIds};
 use crate::nft::delta::{Delta, NotIncremental, TableDeltaBuilder};
 use crate::nft::model::{Element, L4Proto, Value};
-use crate::{names, nft, Output};
+use crate::{names, Output};
 
 /// Where a file's Services and endpoint objects are, by Service (object indexes).
 #[derive(Default)]
@@ -184,7 +184,8 @@ impl Session {
         // Split the lowering diagnostics and notes: per Service, and the rest.
         let (service_diags, other_diags) = split(lower_diags, &tracking.service_diags);
         let (service_notes, other_notes) = split(notes, &tracking.service_notes);
-        let ruleset = nft::build::build(&ir);
+        let ids: Vec<EndpointIds> = ir.families.iter().map(build::endpoint_ids).collect();
+        let ruleset = build::build_with_ids(&ir, &ids);
         let claims = |f: &FamilyIr| -> HashMap<Claim, SvcKey> {
             f.service_ports
                 .iter()
@@ -197,7 +198,7 @@ impl Session {
                 .collect()
         };
         let compiled = Compiled {
-            ids: ir.families.iter().map(build::endpoint_ids).collect(),
+            ids,
             hairpin: ir
                 .families
                 .iter()

@@ -26,8 +26,19 @@ use crate::names::{self, EndpointSet};
 pub const AFFINITY_SIZE: u32 = 1 << 20;
 
 pub fn build(ir: &Ir) -> Ruleset {
+    let ids: Vec<EndpointIds> = ir.families.iter().map(endpoint_ids).collect();
+    build_with_ids(ir, &ids)
+}
+
+/// [`build`] with the endpoint-map ids of each family already made ([`endpoint_ids`]).
+pub fn build_with_ids(ir: &Ir, ids: &[EndpointIds]) -> Ruleset {
     Ruleset {
-        tables: ir.families.iter().map(build_table).collect(),
+        tables: ir
+            .families
+            .iter()
+            .zip(ids)
+            .map(|(f, ids)| build_table(f, ids))
+            .collect(),
     }
 }
 
@@ -425,9 +436,8 @@ pub fn skeleton(f: &FamilyIr, ids: &EndpointIds) -> Table {
 /// The skeleton plus the parts of every service port: chains and elements in service-port
 /// order, except `cluster-ips` and `hairpin` elements (deduplicated and sorted), and the
 /// IPv6 affinity sets after the fixed sets (deduplicated by name).
-fn build_table(f: &FamilyIr) -> Table {
-    let ids = endpoint_ids(f);
-    let mut t = skeleton(f, &ids);
+fn build_table(f: &FamilyIr, ids: &EndpointIds) -> Table {
+    let mut t = skeleton(f, ids);
     let index: HashMap<String, usize> = t
         .sets
         .iter()
@@ -439,7 +449,7 @@ fn build_table(f: &FamilyIr) -> Table {
     let mut extra_sets: Vec<Set> = Vec::new();
     let mut extra_names = HashSet::new();
     for sp in &f.service_ports {
-        let parts = service_port_parts(f, sp, &ids);
+        let parts = service_port_parts(f, sp, ids);
         t.chains.extend(parts.chains);
         for (name, e) in parts.elements {
             match name {
@@ -1147,7 +1157,7 @@ mod tests {
         let ir = ir(700, 4000);
         for f in &ir.families {
             let ids = endpoint_ids(f);
-            let t = build_table(f);
+            let t = build_table(f, &ids);
             let maps: Vec<&str> = ids.maps().collect();
             assert_eq!(maps.len(), endpoint_shards(f.service_ports.len()));
             assert!(maps.len() > 1, "700 services need several maps");
