@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svcc_compiler::config::{parse_cidrs, parse_kube_proxy_config, parse_nodeport_addresses};
+use svcc_compiler::config::{
+    parse_cidrs, parse_kube_proxy_config, parse_nodeport_addresses, parse_port_range,
+};
 use svcc_compiler::{Backend, CompileOptions, Diagnostic, NodeSettings, Output};
 
 use svcc_runtime::iptables::{Flavor, IptApplier};
@@ -184,6 +186,10 @@ pub struct NodeFlags {
     /// Service CIDRs (comma-separated): unallocated addresses in them are dropped.
     #[arg(long, value_name = "CIDR[,CIDR]")]
     pub service_cidr: Option<String>,
+    /// The cluster's NodePort range (kube-apiserver's flag; LOW-HIGH or BASE+SIZE). A nodePort
+    /// outside it is served, as kube-proxy does, with a warning.
+    #[arg(long, value_name = "RANGE", default_value = "30000-32767")]
+    pub service_node_port_range: String,
     /// Which rules to generate.
     #[arg(long, value_enum)]
     pub backend: Option<BackendFlag>,
@@ -269,6 +275,8 @@ impl NodeFlags {
             s.service_cidrs =
                 parse_cidrs(&[c]).map_err(|e| input_error(format!("--service-cidr: {e}")))?;
         }
+        s.service_node_port_range = parse_port_range(&self.service_node_port_range)
+            .map_err(|e| input_error(format!("--service-node-port-range: {e}")))?;
         match self.backend {
             Some(BackendFlag::Nftables) => s.backend = Backend::Nftables,
             Some(BackendFlag::Iptables) => s.backend = Backend::Iptables,

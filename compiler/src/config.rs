@@ -30,6 +30,42 @@ pub enum NodePortAddresses {
     Cidrs(Vec<IpNet>),
 }
 
+/// kube-apiserver's default `--service-node-port-range`.
+pub const DEFAULT_NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+
+/// A port range as kube-apiserver's `--service-node-port-range` takes it
+/// (`k8s.io/apimachinery/pkg/util/net/port_range.go`: `ParsePortRange`): `LOW-HIGH`,
+/// `BASE+SIZE` (the SIZE ports from BASE), or one port.
+pub fn parse_port_range(v: &str) -> Result<(u16, u16), String> {
+    let v = v.trim();
+    let num = |x: &str| -> Result<u16, String> {
+        x.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("invalid port {x:?} in range {v:?} (LOW-HIGH, BASE+SIZE or PORT)"))
+    };
+    let (lo, hi) = if let Some((a, b)) = v.split_once('-') {
+        (num(a)?, num(b)?)
+    } else if let Some((a, b)) = v.split_once('+') {
+        let base = num(a)?;
+        let size = num(b)?;
+        if size == 0 {
+            return Err(format!("empty range {v:?}"));
+        }
+        let hi = u32::from(base) + u32::from(size) - 1;
+        (
+            base,
+            u16::try_from(hi).map_err(|_| format!("range {v:?} goes past 65535"))?,
+        )
+    } else {
+        let p = num(v)?;
+        (p, p)
+    };
+    if lo == 0 || lo > hi {
+        return Err(format!("invalid range {v:?}: LOW must be in 1..=HIGH"));
+    }
+    Ok((lo, hi))
+}
+
 /// Everything about the node that changes the generated rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
@@ -46,6 +82,9 @@ pub struct NodeSettings {
     pub backend: Backend,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
+    /// The cluster's `--service-node-port-range` (kube-apiserver's flag): nodePorts outside
+    /// it are served (as kube-proxy does) with a warning.
+    pub service_node_port_range: (u16, u16),
 }
 
 impl Default for NodeSettings {
@@ -61,6 +100,7 @@ impl Default for NodeSettings {
             backend: Backend::Nftables,
             min_sync_period: Duration::from_secs(1),
             sync_period: Duration::from_secs(30),
+            service_node_port_range: DEFAULT_NODE_PORT_RANGE,
         }
     }
 }
@@ -358,6 +398,16 @@ mod tests {
         assert_eq!(f.masquerade_bit, Some(15));
         assert_eq!(f.nodeport_addresses, Some(NodePortAddresses::Primary));
         assert_eq!(f.min_sync_period, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
+        assert_eq!(parse_port_range("30000+768"), Ok((30000, 30767)));
+        assert_eq!(parse_port_range(" 8080 "), Ok((8080, 8080)));
+        for bad in ["", "0-10", "10-5", "a-b", "65535+2", "1+0", "1-2-3"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
 use crate::ir::*;
 use crate::manifest::{Object, Parsed};
 use crate::nft::model::{Family, L4Proto};
+use crate::validate;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -149,6 +150,20 @@ pub(crate) fn lower_tracked<'a>(
     for (origin, obj) in objects {
         match obj {
             Object::Node(n) => {
+                let problems = node_problems(n);
+                if !problems.is_empty() {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    for (path, m) in problems {
+                        diags.push(Diagnostic::at_field(
+                            Severity::Error,
+                            origin,
+                            Some(format!("Node {name}")),
+                            &path,
+                            m,
+                        ));
+                    }
+                    continue;
+                }
                 if n.metadata.name.as_deref() == Some(settings.hostname.as_str()) {
                     node_zone = n
                         .metadata
@@ -160,27 +175,24 @@ pub(crate) fn lower_tracked<'a>(
             }
             Object::ServiceCidr(sc) => {
                 let name = sc.metadata.name.clone().unwrap_or_default();
-                let cidrs = sc
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.cidrs.clone())
-                    .unwrap_or_default();
-                for (i, c) in cidrs.iter().enumerate() {
-                    match c.parse::<IpNet>() {
-                        Ok(n) => service_cidrs.push(n.trunc()),
-                        Err(_) => diags.push(Diagnostic::at_field(
-                            Severity::Error,
-                            origin,
-                            Some(format!("ServiceCIDR {name}")),
-                            &[key("spec"), key("cidrs"), idx(i)],
-                            format!("invalid CIDR {c:?}"),
-                        )),
+                match service_cidr_nets(sc) {
+                    Ok(nets) => service_cidrs.extend(nets),
+                    Err(problems) => {
+                        for (path, m) in problems {
+                            diags.push(Diagnostic::at_field(
+                                Severity::Error,
+                                origin,
+                                Some(format!("ServiceCIDR {name}")),
+                                &path,
+                                m,
+                            ));
+                        }
                     }
                 }
             }
             Object::Service(s) => {
                 let (d0, n0) = (diags.len(), notes.len());
-                let v = validate_service(origin, s, diags, notes);
+                let v = validate_service(origin, s, settings, diags, notes);
                 let sk = service_key(s);
                 tracking.service_diags.push((sk.clone(), d0..diags.len()));
                 tracking.service_notes.push((sk, n0..notes.len()));
@@ -433,6 +445,7 @@ fn dedup_sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 fn validate_service<'a>(
     origin: &'a Origin,
     s: &Service,
+    settings: &NodeSettings,
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
 ) -> Option<Svc<'a>> {
@@ -452,9 +465,10 @@ fn validate_service<'a>(
         return None;
     };
     let obj = format!("Service {namespace}/{name}");
-    let mut errs = 0;
-    let mut err = |diags: &mut Vec<Diagnostic>, path: &[PathSeg], msg: String| {
-        errs += 1;
+    // A Cell: the count is read between reports.
+    let errs = std::cell::Cell::new(0);
+    let err = |diags: &mut Vec<Diagnostic>, path: &[PathSeg], msg: String| {
+        errs.set(errs.get() + 1);
         diags.push(Diagnostic::at_field(
             Severity::Error,
             origin,
@@ -463,11 +477,23 @@ fn validate_service<'a>(
             msg,
         ));
     };
+    // ValidateObjectMeta with ValidateServiceName (core/validation: ValidateService).
+    if let Err(m) = validate::service_name(&name) {
+        err(diags, &[key("metadata"), key("name")], m);
+    }
+    if let Some(ns) = &s.metadata.namespace {
+        if let Err(m) = validate::namespace(ns) {
+            err(diags, &[key("metadata"), key("namespace")], m);
+        }
+    }
     let Some(spec) = s.spec.as_ref() else {
         err(diags, &[key("spec")], "missing spec".into());
         return None;
     };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if errs.get() > 0 {
+        return None;
+    }
     match ty {
         "ClusterIP" | "NodePort" | "LoadBalancer" => {}
         "ExternalName" => {
@@ -483,18 +509,77 @@ fn validate_service<'a>(
             return None;
         }
     }
-    // clusterIPs (clusterIP is clusterIPs[0]).
+    // ipFamilies and ipFamilyPolicy (core/validation: validateServiceClusterIPsRelatedFields;
+    // a single-stack policy with two families is refused in registry/core/service/storage/
+    // alloc.go: initIPFamilyFields).
+    let families = spec.ip_families.clone().unwrap_or_default();
+    for (i, f) in families.iter().enumerate() {
+        let at = [key("spec"), key("ipFamilies"), idx(i)];
+        if f != "IPv4" && f != "IPv6" {
+            err(
+                diags,
+                &at,
+                format!("unsupported value {f:?} (IPv4 or IPv6)"),
+            );
+        } else if families[..i].contains(f) {
+            err(diags, &at, format!("duplicate value {f:?}"));
+        }
+    }
+    match spec.ip_family_policy.as_deref() {
+        None | Some("PreferDualStack") | Some("RequireDualStack") => {}
+        Some("SingleStack") => {
+            let n = spec
+                .cluster_ips
+                .as_ref()
+                .map_or(0, Vec::len)
+                .max(families.len());
+            if n > 1 {
+                err(
+                    diags,
+                    &[key("spec"), key("ipFamilyPolicy")],
+                    "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified".into(),
+                );
+            }
+        }
+        Some(o) => err(
+            diags,
+            &[key("spec"), key("ipFamilyPolicy")],
+            format!("unsupported value {o:?} (SingleStack, PreferDualStack or RequireDualStack)"),
+        ),
+    }
+    // clusterIPs (clusterIP is clusterIPs[0]; the API server fills clusterIPs from clusterIP).
     let mut raw: Vec<(Vec<PathSeg>, String)> = Vec::new();
     match (&spec.cluster_ip, &spec.cluster_ips) {
         (_, Some(list)) if !list.is_empty() => {
-            if let Some(ci) = &spec.cluster_ip {
-                if !ci.is_empty() && ci != &list[0] {
-                    err(
-                        diags,
-                        &[key("spec"), key("clusterIP")],
-                        format!("clusterIP {ci:?} differs from clusterIPs[0] {:?}", list[0]),
-                    );
+            match &spec.cluster_ip {
+                Some(ci) if !ci.is_empty() => {
+                    if ci != &list[0] {
+                        err(
+                            diags,
+                            &[key("spec"), key("clusterIPs")],
+                            format!("first value {:?} must match `clusterIP` {ci:?}", list[0]),
+                        );
+                    }
                 }
+                _ => err(
+                    diags,
+                    &[key("spec"), key("clusterIPs")],
+                    "must be empty when `clusterIP` is not specified".into(),
+                ),
+            }
+            if list.len() > 2 {
+                err(
+                    diags,
+                    &[key("spec"), key("clusterIPs")],
+                    format!("may only hold up to 2 values, not {}", list.len()),
+                );
+            }
+            if list[0] == "None" && list.len() > 1 {
+                err(
+                    diags,
+                    &[key("spec"), key("clusterIPs")],
+                    "'None' must be the first and only value".into(),
+                );
             }
             for (i, c) in list.iter().enumerate() {
                 raw.push((vec![key("spec"), key("clusterIPs"), idx(i)], c.clone()));
@@ -504,16 +589,29 @@ fn validate_service<'a>(
         _ => {}
     }
     if raw.first().map(|r| r.1.as_str()) == Some("None") {
+        // core/validation: ValidateService ("may not be set to 'None' for … services").
+        if ty != "ClusterIP" {
+            err(
+                diags,
+                &raw[0].0,
+                format!("may not be set to 'None' for {ty} services"),
+            );
+        }
+        if errs.get() > 0 {
+            return None;
+        }
         notes.push(format!(
             "{obj}: headless (clusterIP None): DNS only, no rules"
         ));
         return None;
     }
     if raw.is_empty() || raw[0].1.is_empty() {
+        if errs.get() > 0 {
+            return None;
+        }
         notes.push(format!("{obj}: no clusterIP allocated: no rules"));
         return None;
     }
-    let families = spec.ip_families.clone().unwrap_or_default();
     let mut cluster_ips = Vec::new();
     for (i, (path, c)) in raw.iter().enumerate() {
         match c.parse::<IpAddr>() {
@@ -532,7 +630,7 @@ fn validate_service<'a>(
                     err(
                         diags,
                         path,
-                        format!("two ClusterIPs of the same family ({a})"),
+                        format!("two ClusterIPs of the same family ({a}): may specify no more than one IP for each IP family"),
                     );
                     continue;
                 }
@@ -541,13 +639,20 @@ fn validate_service<'a>(
             Err(_) => err(diags, path, format!("invalid IP address {c:?}")),
         }
     }
-    // Ports.
+    // Ports (core/validation: ValidateService, validateServicePort).
     let mut ports = Vec::new();
     let mut names = BTreeSet::new();
+    let mut port_keys = BTreeSet::new();
+    let mut node_port_keys = BTreeSet::new();
     let plist = spec.ports.clone().unwrap_or_default();
     if plist.is_empty() {
-        notes.push(format!("{obj}: no ports: no rules"));
+        err(
+            diags,
+            &[key("spec"), key("ports")],
+            "required: a Service that is not headless needs at least one port".into(),
+        );
     }
+    let (np_lo, np_hi) = settings.service_node_port_range;
     for (i, p) in plist.iter().enumerate() {
         let base = [key("spec"), key("ports"), idx(i)];
         let at = |f: &str| {
@@ -568,22 +673,26 @@ fn validate_service<'a>(
                 continue;
             }
         };
-        let port = match u16::try_from(p.port) {
-            Ok(v) if v > 0 => v,
-            _ => {
-                err(
-                    diags,
-                    &at("port"),
-                    format!("port {} out of range 1-65535", p.port),
-                );
+        let port = match validate::port_num(p.port) {
+            Ok(v) => v,
+            Err(m) => {
+                err(diags, &at("port"), m);
                 continue;
             }
         };
         let node_port = match p.node_port {
             None | Some(0) => None,
-            Some(n) => match u16::try_from(n) {
-                Ok(v) if v > 0 => Some(v),
-                _ => {
+            Some(_) if ty == "ClusterIP" => {
+                err(
+                    diags,
+                    &at("nodePort"),
+                    "may not be used when `type` is 'ClusterIP'".into(),
+                );
+                continue;
+            }
+            Some(n) => match validate::port_num(n) {
+                Ok(v) => Some(v),
+                Err(_) => {
                     err(
                         diags,
                         &at("nodePort"),
@@ -594,19 +703,60 @@ fn validate_service<'a>(
             },
         };
         let pname = p.name.clone().unwrap_or_default();
-        if !names.insert((pname.clone(), protocol)) {
+        if pname.is_empty() && plist.len() > 1 {
             err(
                 diags,
                 &at("name"),
-                format!("duplicate port name {pname:?} for {}", protocol.keyword()),
+                "required: every port of a Service with several ports needs a name".into(),
             );
             continue;
+        }
+        if !pname.is_empty() {
+            if let Err(m) = validate::port_name(&pname) {
+                err(diags, &at("name"), m);
+                continue;
+            }
+        }
+        if !names.insert(pname.clone()) {
+            err(diags, &at("name"), format!("duplicate port name {pname:?}"));
+            continue;
+        }
+        if !port_keys.insert((port, protocol)) {
+            err(
+                diags,
+                &at("port"),
+                format!("duplicate port {port}/{}", protocol.keyword()),
+            );
+            continue;
+        }
+        if let Some(np) = node_port {
+            if !node_port_keys.insert((np, protocol)) {
+                err(
+                    diags,
+                    &at("nodePort"),
+                    format!("duplicate nodePort {np}/{}", protocol.keyword()),
+                );
+                continue;
+            }
+            // The API server allocates nodePorts only inside its --service-node-port-range
+            // (registry/core/service/portallocator); kube-proxy never checks and serves any
+            // nodePort it is given (a range narrowed later leaves such Services in place),
+            // so svcc serves it too and says so.
+            if !(np_lo..=np_hi).contains(&np) {
+                diags.push(Diagnostic::at_field(
+                    Severity::Warning,
+                    origin,
+                    Some(obj.clone()),
+                    &at("nodePort"),
+                    format!("nodePort {np} is outside the service-node-port-range {np_lo}-{np_hi}: the API server would not allocate it; served anyway, as kube-proxy does"),
+                ));
+            }
         }
         ports.push(SvcPort {
             name: pname,
             protocol,
             port,
-            node_port: if ty == "ClusterIP" { None } else { node_port },
+            node_port,
         });
     }
     let mut external_ips = Vec::new();
@@ -617,23 +767,56 @@ fn validate_service<'a>(
         .iter()
         .enumerate()
     {
+        let at = [key("spec"), key("externalIPs"), idx(i)];
         match e.parse::<IpAddr>() {
-            Ok(a) => external_ips.push(a),
-            Err(_) => err(
-                diags,
-                &[key("spec"), key("externalIPs"), idx(i)],
-                format!("invalid IP address {e:?}"),
-            ),
+            // core/validation: ValidateService → ValidateNonSpecialIP.
+            Ok(a) => match validate::non_special_ip(&a) {
+                Ok(()) => external_ips.push(a),
+                Err(m) => err(diags, &at, format!("{a}: {m}")),
+            },
+            Err(_) => err(diags, &at, format!("invalid IP address {e:?}")),
         }
     }
     let mut lb_ips = Vec::new();
+    let ingress = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
+        .unwrap_or_default();
+    // core/validation: ValidateLoadBalancerStatus.
+    if ty != "LoadBalancer" && !ingress.is_empty() {
+        err(
+            diags,
+            &[key("status"), key("loadBalancer"), key("ingress")],
+            "may only be used when `spec.type` is 'LoadBalancer'".into(),
+        );
+    }
     if ty == "LoadBalancer" {
-        let ingress = s
-            .status
-            .as_ref()
-            .and_then(|st| st.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.clone());
-        for (i, ing) in ingress.unwrap_or_default().iter().enumerate() {
+        for (i, ing) in ingress.iter().enumerate() {
+            let at_mode = [
+                key("status"),
+                key("loadBalancer"),
+                key("ingress"),
+                idx(i),
+                key("ipMode"),
+            ];
+            let has_ip = ing.ip.as_deref().is_some_and(|x| !x.is_empty());
+            match ing.ip_mode.as_deref() {
+                None | Some("VIP") | Some("Proxy") => {}
+                Some(o) => err(
+                    diags,
+                    &at_mode,
+                    format!("unsupported value {o:?} (VIP or Proxy)"),
+                ),
+            }
+            if ing.ip_mode.is_some() && !has_ip {
+                err(
+                    diags,
+                    &at_mode,
+                    "may not be specified when `ip` is not".into(),
+                );
+            }
             let Some(ip) = ing.ip.as_deref().filter(|x| !x.is_empty()) else {
                 continue;
             };
@@ -657,14 +840,17 @@ fn validate_service<'a>(
         }
     }
     let mut source_ranges = Vec::new();
+    let ranges = spec.load_balancer_source_ranges.clone().unwrap_or_default();
+    // core/validation: ValidateService ("may only be used when `type` is 'LoadBalancer'").
+    if ty != "LoadBalancer" && !ranges.is_empty() {
+        err(
+            diags,
+            &[key("spec"), key("loadBalancerSourceRanges")],
+            "may only be used when `type` is 'LoadBalancer'".into(),
+        );
+    }
     if ty == "LoadBalancer" {
-        for (i, r) in spec
-            .load_balancer_source_ranges
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        for (i, r) in ranges.iter().enumerate() {
             // kube-proxy ignores whitespace around ranges.
             let t = r.trim();
             match t.parse::<IpNet>() {
@@ -677,9 +863,24 @@ fn validate_service<'a>(
             }
         }
     }
+    // core/validation: validateServiceExternalTrafficPolicy (apiservice.ExternallyAccessible).
+    let externally_accessible = ty != "ClusterIP" || !external_ips.is_empty();
+    if !externally_accessible
+        && spec
+            .external_traffic_policy
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+    {
+        err(
+            diags,
+            &[key("spec"), key("externalTrafficPolicy")],
+            "may only be set for externally-accessible services (type NodePort or LoadBalancer, or with externalIPs)".into(),
+        );
+    }
     let external_local = match spec.external_traffic_policy.as_deref() {
         None | Some("Cluster") | Some("") => false,
-        Some("Local") => ty != "ClusterIP" || !external_ips.is_empty(),
+        Some("Local") => externally_accessible,
+        Some(_) if !externally_accessible => false, // reported above, as upstream does
         Some(o) => {
             err(
                 diags,
@@ -702,7 +903,17 @@ fn validate_service<'a>(
         }
     };
     let affinity_timeout = match spec.session_affinity.as_deref() {
-        None | Some("None") | Some("") => None,
+        None | Some("None") | Some("") => {
+            // core/validation: ValidateService.
+            if spec.session_affinity_config.is_some() && spec.session_affinity.is_some() {
+                err(
+                    diags,
+                    &[key("spec"), key("sessionAffinityConfig")],
+                    "must not be set when session affinity is None".into(),
+                );
+            }
+            None
+        }
         Some("ClientIP") => {
             let t = spec
                 .session_affinity_config
@@ -738,8 +949,28 @@ fn validate_service<'a>(
     };
     let health_check_node_port = match spec.health_check_node_port {
         None | Some(0) => None,
-        Some(p) => match u16::try_from(p) {
-            Ok(v) => Some(v),
+        // core/validation: ValidateService (apiservice.NeedsHealthCheck).
+        Some(_) if !(ty == "LoadBalancer" && external_local) => {
+            err(
+                diags,
+                &[key("spec"), key("healthCheckNodePort")],
+                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'".into(),
+            );
+            None
+        }
+        Some(p) => match validate::port_num(p) {
+            Ok(v) => {
+                if !(np_lo..=np_hi).contains(&v) {
+                    diags.push(Diagnostic::at_field(
+                        Severity::Warning,
+                        origin,
+                        Some(obj.clone()),
+                        &[key("spec"), key("healthCheckNodePort")],
+                        format!("healthCheckNodePort {v} is outside the service-node-port-range {np_lo}-{np_hi}: the API server would not allocate it"),
+                    ));
+                }
+                Some(v)
+            }
             Err(_) => {
                 err(
                     diags,
@@ -750,7 +981,7 @@ fn validate_service<'a>(
             }
         },
     };
-    if errs > 0 {
+    if errs.get() > 0 {
         return None;
     }
     Some(Svc {
@@ -778,6 +1009,254 @@ fn parse_proto(p: Option<&str>) -> Result<L4Proto, String> {
     }
 }
 
+/// Problems of an EndpointSlice the API server would refuse, as (field, message):
+/// discovery/validation's `ValidateEndpointSlice` for the fields svcc reads, plus the
+/// `kubernetes.io/service-name` label value (`metav1validation.ValidateLabels`). Protocols
+/// and the first address of each endpoint are checked where they are read.
+fn slice_problems(es: &EndpointSlice) -> Vec<(Vec<PathSeg>, String)> {
+    let mut out = Vec::new();
+    meta_problems(&es.metadata, validate::object_name, &mut out);
+    if let Some(v) = es
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+    {
+        if let Err(m) = validate::label_value(v) {
+            out.push((
+                vec![key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
+                m,
+            ));
+        }
+    }
+    let fam = match es.address_type.as_str() {
+        "IPv4" => Some(Family::Ip),
+        "IPv6" => Some(Family::Ip6),
+        "" => {
+            out.push((
+                vec![key("addressType")],
+                "required (IPv4, IPv6 or FQDN)".into(),
+            ));
+            None
+        }
+        _ => None, // reported where it is read
+    };
+    if es.endpoints.len() > validate::SLICE_MAX_ENDPOINTS {
+        out.push((
+            vec![key("endpoints")],
+            format!(
+                "too many: {} endpoints, at most {} per slice",
+                es.endpoints.len(),
+                validate::SLICE_MAX_ENDPOINTS
+            ),
+        ));
+        return out;
+    }
+    for (i, e) in es.endpoints.iter().enumerate() {
+        let at = |f: &str| vec![key("endpoints"), idx(i), key(f)];
+        if e.addresses.is_empty() {
+            out.push((at("addresses"), "must contain at least 1 address".into()));
+        } else if e.addresses.len() > validate::SLICE_MAX_ADDRESSES {
+            out.push((
+                at("addresses"),
+                format!(
+                    "too many: {} addresses, at most {}",
+                    e.addresses.len(),
+                    validate::SLICE_MAX_ADDRESSES
+                ),
+            ));
+        }
+        if let Some(fam) = fam {
+            for (j, a) in e.addresses.iter().enumerate() {
+                let mut path = at("addresses");
+                path.push(idx(j));
+                match a.parse::<IpAddr>() {
+                    Ok(ip) if Family::of(&ip) != fam => out.push((
+                        path,
+                        format!(
+                            "address {ip} does not match addressType {}",
+                            es.address_type
+                        ),
+                    )),
+                    Ok(ip) => {
+                        if let Err(m) = validate::non_special_ip(&ip) {
+                            out.push((path, format!("{ip}: {m}")));
+                        }
+                    }
+                    Err(_) => out.push((path, format!("invalid IP address {a:?}"))),
+                }
+            }
+        }
+        if let Some(n) = &e.node_name {
+            if let Err(m) = validate::object_name(n) {
+                out.push((at("nodeName"), m));
+            }
+        }
+        if let Some(h) = &e.hints {
+            for (field, names, check) in [
+                (
+                    "forZones",
+                    h.for_zones
+                        .as_ref()
+                        .map(|z| z.iter().map(|z| z.name.as_str()).collect::<Vec<_>>()),
+                    validate::label_value as fn(&str) -> Result<(), String>,
+                ),
+                (
+                    "forNodes",
+                    h.for_nodes
+                        .as_ref()
+                        .map(|z| z.iter().map(|z| z.name.as_str()).collect()),
+                    validate::object_name,
+                ),
+            ] {
+                let names = names.unwrap_or_default();
+                let base = vec![key("endpoints"), idx(i), key("hints"), key(field)];
+                if names.len() > validate::SLICE_MAX_HINTS {
+                    out.push((
+                        base,
+                        format!(
+                            "too many: {} hints, at most {}",
+                            names.len(),
+                            validate::SLICE_MAX_HINTS
+                        ),
+                    ));
+                    continue;
+                }
+                for (j, n) in names.iter().enumerate() {
+                    let mut path = base.clone();
+                    path.extend([idx(j), key("name")]);
+                    if names[..j].contains(n) {
+                        out.push((path, format!("duplicate value {n:?}")));
+                    } else if let Err(m) = check(n) {
+                        out.push((path, m));
+                    }
+                }
+            }
+        }
+    }
+    let ports = es.ports.as_deref().unwrap_or_default();
+    if ports.len() > validate::SLICE_MAX_PORTS {
+        out.push((
+            vec![key("ports")],
+            format!(
+                "too many: {} ports, at most {}",
+                ports.len(),
+                validate::SLICE_MAX_PORTS
+            ),
+        ));
+        return out;
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let name = p.name.as_deref().unwrap_or_default();
+        let path = vec![key("ports"), idx(i), key("name")];
+        if !name.is_empty() {
+            if let Err(m) = validate::port_name(name) {
+                out.push((path.clone(), m));
+            }
+        }
+        if ports[..i]
+            .iter()
+            .any(|q| q.name.as_deref().unwrap_or_default() == name)
+        {
+            out.push((path, format!("duplicate port name {name:?}")));
+        }
+    }
+    out
+}
+
+/// Problems of a Node the API server would refuse (core/validation: `ValidateNode` → name by
+/// `ValidateNodeName`; the zone label's value by `ValidateLabels`).
+fn node_problems(n: &k8s_openapi::api::core::v1::Node) -> Vec<(Vec<PathSeg>, String)> {
+    let mut out = Vec::new();
+    match n.metadata.name.as_deref() {
+        None | Some("") => out.push((vec![key("metadata"), key("name")], "required".into())),
+        Some(name) => {
+            if let Err(e) = validate::object_name(name) {
+                out.push((vec![key("metadata"), key("name")], e));
+            }
+        }
+    }
+    if let Some(z) = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)) {
+        if let Err(e) = validate::label_value(z) {
+            out.push((vec![key("metadata"), key("labels"), key(ZONE_LABEL)], e));
+        }
+    }
+    out
+}
+
+/// The CIDRs of a ServiceCIDR, or why the API server would refuse it
+/// (networking/validation: `ValidateServiceCIDR`, `validateCIDR`).
+fn service_cidr_nets(
+    sc: &k8s_openapi::api::networking::v1::ServiceCIDR,
+) -> Result<Vec<IpNet>, Vec<(Vec<PathSeg>, String)>> {
+    let mut out = Vec::new();
+    match sc.metadata.name.as_deref() {
+        None | Some("") => out.push((vec![key("metadata"), key("name")], "required".into())),
+        Some(name) => {
+            if let Err(e) = validate::object_name(name) {
+                out.push((vec![key("metadata"), key("name")], e));
+            }
+        }
+    }
+    let cidrs = sc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_deref())
+        .unwrap_or_default();
+    let at = vec![key("spec"), key("cidrs")];
+    if cidrs.is_empty() {
+        out.push((at.clone(), "at least one CIDR required".into()));
+    } else if cidrs.len() > 2 {
+        out.push((at.clone(), "may only hold up to 2 values".into()));
+    }
+    let mut nets = Vec::new();
+    for (i, c) in cidrs.iter().enumerate() {
+        let mut path = at.clone();
+        path.push(idx(i));
+        match c.parse::<IpNet>() {
+            Ok(n) if n.trunc() != n => out.push((
+                path,
+                format!("{c:?}: wrong CIDR format, IP doesn't match network IP address"),
+            )),
+            Ok(n) if n.to_string() != *c => out.push((
+                path,
+                format!("{c:?}: CIDR not in RFC 5952 canonical format ({n})"),
+            )),
+            Ok(n) => nets.push(n),
+            Err(_) => out.push((path, format!("invalid CIDR {c:?}"))),
+        }
+    }
+    if nets.len() == 2 && Family::of(&nets[0].addr()) == Family::of(&nets[1].addr()) {
+        out.push((at, "may specify no more than one IP for each IP family, i.e 192.168.0.0/24 and 2001:db8::/64".into()));
+    }
+    if out.is_empty() {
+        Ok(nets)
+    } else {
+        Err(out)
+    }
+}
+
+/// `ValidateObjectMeta` for the name (by `name_rule`) and namespace of a namespaced object.
+fn meta_problems(
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    name_rule: fn(&str) -> Result<(), String>,
+    out: &mut Vec<(Vec<PathSeg>, String)>,
+) {
+    match m.name.as_deref() {
+        None | Some("") => out.push((vec![key("metadata"), key("name")], "required".into())),
+        Some(n) => {
+            if let Err(e) = name_rule(n) {
+                out.push((vec![key("metadata"), key("name")], e));
+            }
+        }
+    }
+    if let Some(ns) = &m.namespace {
+        if let Err(e) = validate::namespace(ns) {
+            out.push((vec![key("metadata"), key("namespace")], e));
+        }
+    }
+}
+
 fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic>) -> EpMap {
     let mut map = EpMap::new();
     for (origin, es) in list {
@@ -790,6 +1269,19 @@ fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic
             "EndpointSlice {ns}/{}",
             es.metadata.name.clone().unwrap_or_default()
         );
+        let problems = slice_problems(es);
+        if !problems.is_empty() {
+            for (path, m) in problems {
+                diags.push(Diagnostic::at_field(
+                    Severity::Error,
+                    origin,
+                    Some(obj.clone()),
+                    &path,
+                    m,
+                ));
+            }
+            continue;
+        }
         let fam = match es.address_type.as_str() {
             "IPv4" => Family::Ip,
             "IPv6" => Family::Ip6,
@@ -925,6 +1417,65 @@ fn dedup_endpoints(v: &mut Vec<Ep>) {
     v.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
 }
 
+/// Problems of a legacy Endpoints object the API server would refuse, as (field, message)
+/// (core/validation: `ValidateEndpoints`, `validateEndpointSubsets`, `validateEndpointAddress`,
+/// `validateEndpointPort`), for the fields svcc reads. Addresses that do not parse and
+/// protocols are checked where they are read.
+fn legacy_problems(ep: &Endpoints) -> Vec<(Vec<PathSeg>, String)> {
+    let mut out = Vec::new();
+    meta_problems(&ep.metadata, validate::object_name, &mut out);
+    for (si, sub) in ep.subsets.as_deref().unwrap_or_default().iter().enumerate() {
+        let base = [key("subsets"), idx(si)];
+        let (ready, not_ready) = (
+            sub.addresses.as_deref().unwrap_or_default(),
+            sub.not_ready_addresses.as_deref().unwrap_or_default(),
+        );
+        if ready.is_empty() && not_ready.is_empty() {
+            out.push((
+                base.to_vec(),
+                "must specify `addresses` or `notReadyAddresses`".into(),
+            ));
+        }
+        for (field, list) in [("addresses", ready), ("notReadyAddresses", not_ready)] {
+            for (i, a) in list.iter().enumerate() {
+                let at = |f: &str| {
+                    let mut v = base.to_vec();
+                    v.extend([key(field), idx(i), key(f)]);
+                    v
+                };
+                if let Ok(ip) = a.ip.parse::<IpAddr>() {
+                    if let Err(m) = validate::non_special_ip(&ip) {
+                        out.push((at("ip"), format!("{ip}: {m}")));
+                    }
+                }
+                if let Some(n) = &a.node_name {
+                    if let Err(m) = validate::object_name(n) {
+                        out.push((at("nodeName"), m));
+                    }
+                }
+            }
+        }
+        let ports = sub.ports.as_deref().unwrap_or_default();
+        for (pi, p) in ports.iter().enumerate() {
+            let mut path = base.to_vec();
+            path.extend([key("ports"), idx(pi), key("name")]);
+            match p.name.as_deref().unwrap_or_default() {
+                "" if ports.len() > 1 => out.push((
+                    path,
+                    "required: every port of a subset with several ports needs a name".into(),
+                )),
+                "" => {}
+                n => {
+                    if let Err(m) = validate::port_name(n) {
+                        out.push((path, m));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Legacy v1 Endpoints, converted the way the EndpointSlice mirroring controller does:
 /// `addresses` are ready, `notReadyAddresses` not ready (and not serving).
 fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) -> EpMap {
@@ -938,6 +1489,19 @@ fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) 
         ep.metadata.name.clone().unwrap_or_default()
     );
     let mut map = EpMap::new();
+    let problems = legacy_problems(ep);
+    if !problems.is_empty() {
+        for (path, m) in problems {
+            diags.push(Diagnostic::at_field(
+                Severity::Error,
+                origin,
+                Some(obj.clone()),
+                &path,
+                m,
+            ));
+        }
+        return map;
+    }
     for (si, sub) in ep.subsets.clone().unwrap_or_default().iter().enumerate() {
         let mut eps = Vec::new();
         let mut bad = false;
@@ -1286,13 +1850,28 @@ pub(crate) fn orphan_slices(
 ) {
     let (ns, svc) = k;
     for (origin, es) in list {
+        let obj = format!(
+            "EndpointSlice {ns}/{}",
+            es.metadata.name.clone().unwrap_or_default()
+        );
+        // A slice the API server would refuse is an error even without its Service.
+        let problems = slice_problems(es);
+        if !problems.is_empty() {
+            for (path, m) in problems {
+                diags.push(Diagnostic::at_field(
+                    Severity::Error,
+                    origin,
+                    Some(obj.clone()),
+                    &path,
+                    m,
+                ));
+            }
+            continue;
+        }
         diags.push(Diagnostic::at_field(
             Severity::Warning,
             origin,
-            Some(format!(
-                "EndpointSlice {ns}/{}",
-                es.metadata.name.clone().unwrap_or_default()
-            )),
+            Some(obj),
             &[key("metadata"), key("labels"), key(SERVICE_NAME_LABEL)],
             format!("Service {ns}/{svc} is not in the input; the slice is ignored"),
         ));
@@ -1321,7 +1900,7 @@ pub(crate) fn lower_service(
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
 ) -> LoweredService {
-    let v = service.and_then(|(o, s)| validate_service(o, s, diags, notes));
+    let v = service.and_then(|(o, s)| validate_service(o, s, settings, diags, notes));
     let Some(v) = v else {
         if !slices.is_empty() {
             orphan_slices(k, slices, diags);

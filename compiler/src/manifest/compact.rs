@@ -85,6 +85,7 @@ fn service(s: &mut Service) {
             health_check_node_port,
             internal_traffic_policy,
             mut ip_families,
+            ip_family_policy,
             mut load_balancer_source_ranges,
             ports,
             session_affinity,
@@ -104,6 +105,7 @@ fn service(s: &mut Service) {
             health_check_node_port,
             internal_traffic_policy,
             ip_families,
+            ip_family_policy,
             load_balancer_source_ranges,
             ports: ports.map(|ports| {
                 map(ports, |p| ServicePort {
@@ -455,7 +457,9 @@ items:
                     assert!(s.metadata.annotations.is_none() && s.metadata.uid.is_none());
                     assert!(s.metadata.managed_fields.is_none());
                     let spec = s.spec.as_ref().unwrap();
-                    assert!(spec.selector.is_none() && spec.ip_family_policy.is_none());
+                    assert!(
+                        spec.selector.is_none() && spec.allocate_load_balancer_node_ports.is_none()
+                    );
                     assert!(spec.ports.iter().flatten().all(|p| p.target_port.is_none()));
                 }
                 Object::EndpointSlice(s) => {
