@@ -19,6 +19,22 @@ use crate::nft::model::{Family, L4Proto};
 use crate::validate;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// kube-proxy lists Services and EndpointSlices with the selector
+/// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`
+/// (cmd/kube-proxy/app/server.go): objects carrying either label are for another proxy, or
+/// headless, and never reach its proxier.
+const IGNORED_LABELS: [&str; 2] = [
+    "service.kubernetes.io/service-proxy-name",
+    "service.kubernetes.io/headless",
+];
+
+/// The label for which kube-proxy's informers never list this object, if any.
+fn ignored_by_label(
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&'static str> {
+    let labels = m.labels.as_ref()?;
+    IGNORED_LABELS.into_iter().find(|l| labels.contains_key(*l))
+}
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 const MAX_AFFINITY_TIMEOUT: u32 = 86400;
@@ -465,6 +481,12 @@ fn validate_service<'a>(
         return None;
     };
     let obj = format!("Service {namespace}/{name}");
+    if let Some(l) = ignored_by_label(&s.metadata) {
+        notes.push(format!(
+            "{obj}: label {l}: not for kube-proxy (its informers skip it), no rules"
+        ));
+        return None;
+    }
     // A Cell: the count is read between reports.
     let errs = std::cell::Cell::new(0);
     let err = |diags: &mut Vec<Diagnostic>, path: &[PathSeg], msg: String| {
@@ -1269,6 +1291,9 @@ fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic
             "EndpointSlice {ns}/{}",
             es.metadata.name.clone().unwrap_or_default()
         );
+        if ignored_by_label(&es.metadata).is_some() {
+            continue;
+        }
         let problems = slice_problems(es);
         if !problems.is_empty() {
             for (path, m) in problems {
@@ -1854,6 +1879,9 @@ pub(crate) fn orphan_slices(
             "EndpointSlice {ns}/{}",
             es.metadata.name.clone().unwrap_or_default()
         );
+        if ignored_by_label(&es.metadata).is_some() {
+            continue;
+        }
         // A slice the API server would refuse is an error even without its Service.
         let problems = slice_problems(es);
         if !problems.is_empty() {
@@ -1939,5 +1967,75 @@ pub(crate) fn lower_service(
             .iter()
             .filter_map(|p| p.node_port.map(|np| (p.protocol, np)))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::NodeSettings;
+    use crate::{compile, CompileOptions, Source};
+
+    /// Objects labelled for another proxy (or headless) are skipped as kube-proxy's informers
+    /// skip them: no rules, no diagnostics, a note for the Service.
+    #[test]
+    fn objects_for_other_proxies_are_skipped() {
+        let text = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: other
+  namespace: default
+  labels: {service.kubernetes.io/service-proxy-name: cilium}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: other-abc
+  namespace: default
+  labels: {kubernetes.io/service-name: other, service.kubernetes.io/service-proxy-name: cilium}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.5]}]
+ports: [{name: http, port: 8080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: default
+  labels: {kubernetes.io/service-name: web, service.kubernetes.io/headless: ''}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.6]}]
+ports: [{name: http, port: 8080, protocol: TCP}]
+";
+        let src = Source {
+            name: "labels.yaml".into(),
+            text: text.into(),
+        };
+        let settings = NodeSettings {
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            ..NodeSettings::default()
+        };
+        let out = compile(&[src], &settings, CompileOptions::default()).unwrap();
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        let ports = &out.ir.families[0].service_ports;
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].name.to_string(), "default/web:http");
+        assert!(
+            !ports[0].backends.has_any,
+            "the headless-labelled slice is skipped"
+        );
+        assert!(out.notes.iter().any(
+            |n| n.contains("Service default/other: label service.kubernetes.io/service-proxy-name")
+        ));
     }
 }
