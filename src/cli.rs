@@ -47,6 +47,13 @@ pub enum Command {
     /// difference on change, repair drift, serve metrics and health checks (see docs/RUN.md).
     #[command(after_help = crate::run::RUN_EXAMPLES)]
     Run(crate::run::RunCmd),
+    /// Follow one packet through the node's rules: which Service, which endpoints and their
+    /// chances, masquerade or not, or the REJECT/DROP and why — offline, from the manifests.
+    #[command(after_help = crate::trace::TRACE_EXAMPLES)]
+    Trace(crate::trace::TraceCmd),
+    /// One Service as this node sees it: frontends, endpoints and their use, policies, notes.
+    #[command(after_help = crate::trace::EXPLAIN_EXAMPLES)]
+    Explain(crate::trace::ExplainCmd),
 }
 
 const APPLY_EXAMPLES: &str = "\
@@ -350,6 +357,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(c) => diff(c),
         Command::Cleanup(c) => cleanup(c),
         Command::Run(c) => crate::run::run(c),
+        Command::Trace(c) => crate::trace::trace(c),
+        Command::Explain(c) => crate::trace::explain(c),
     }
 }
 

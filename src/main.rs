@@ -4,6 +4,7 @@
 mod cli;
 mod inputs;
 mod run;
+mod trace;
 
 use std::process::ExitCode;
 

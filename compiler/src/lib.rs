@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod names;
 pub mod nft;
 pub mod session;
+pub mod trace;
 pub mod validate;
 
 pub use config::{Backend, NodePortAddresses, NodeSettings};

@@ -75,14 +75,14 @@ struct SvcPort {
 /// One endpoint of one service port, before categorisation.
 #[derive(Debug, Clone)]
 pub(crate) struct Ep {
-    addr: IpAddr,
-    port: u16,
-    node: Option<String>,
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-    zone_hints: Vec<String>,
-    node_hints: Vec<String>,
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) node: Option<String>,
+    pub(crate) ready: bool,
+    pub(crate) serving: bool,
+    pub(crate) terminating: bool,
+    pub(crate) zone_hints: Vec<String>,
+    pub(crate) node_hints: Vec<String>,
 }
 
 /// Endpoints of one Service keyed by (port name, protocol).
@@ -1612,8 +1612,8 @@ fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) 
     map
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Topology {
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum Topology {
     Any,
     SameZone,
     SameNode,
@@ -1621,7 +1621,7 @@ enum Topology {
 
 /// kube-proxy's `topologyModeFromHints`: hints are used only when every ready endpoint has
 /// them and at least one is for this node (zone).
-fn topology_mode(eps: &[Ep], node: &str, zone: Option<&str>) -> Topology {
+pub(crate) fn topology_mode(eps: &[Ep], node: &str, zone: Option<&str>) -> Topology {
     let ready: Vec<&Ep> = eps.iter().filter(|e| e.ready).collect();
     if ready.is_empty() {
         return Topology::Any;
@@ -1641,7 +1641,7 @@ fn topology_mode(eps: &[Ep], node: &str, zone: Option<&str>) -> Topology {
     Topology::Any
 }
 
-fn available(e: &Ep, mode: Topology, node: &str, zone: Option<&str>) -> bool {
+pub(crate) fn available(e: &Ep, mode: Topology, node: &str, zone: Option<&str>) -> bool {
     match mode {
         Topology::Any => true,
         Topology::SameNode => e.node_hints.iter().any(|n| n == node),

@@ -1,0 +1,228 @@
+//! `svcc trace` against the kernel: for every flow of every packet-flow case, in both modes,
+//! the trace's verdict, backend set, masquerade and affinity must be what the flow expects —
+//! and the flow tests (tests/flow.rs) prove in the real kernel that the flow gets exactly that.
+//! A disagreement fails here whichever side is wrong: the interpreter of the IR
+//! (`compiler/src/trace.rs`), a writer, or a case.
+
+#[path = "common/case.rs"]
+mod case;
+#[path = "flow/schema.rs"]
+#[allow(dead_code)]
+mod schema;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+
+use case::Case;
+use schema::{Expect, Flow, Source, Topology};
+
+/// The last-but-one address of a CIDR (the flow framework's default pod client).
+fn last_but_one(cidr: &str) -> IpAddr {
+    let (a, len) = cidr.split_once('/').unwrap();
+    let len: u32 = len.parse().unwrap();
+    match a.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(v) => {
+            let host = if len == 0 {
+                u32::MAX
+            } else {
+                (1u32 << (32 - len)) - 1
+            };
+            IpAddr::V4(Ipv4Addr::from((u32::from(v) | host) - 1))
+        }
+        IpAddr::V6(v) => {
+            let host = if len == 0 {
+                u128::MAX
+            } else {
+                (1u128 << (128 - len)) - 1
+            };
+            IpAddr::V6(Ipv6Addr::from((u128::from(v) | host) - 1))
+        }
+    }
+}
+
+/// The `--from` of a flow's client, as the flow framework places it.
+fn client(c: &Case, topo: &Topology, f: &Flow) -> Option<String> {
+    let fam = |a: &IpAddr| a.is_ipv4() == f.to.is_ipv4();
+    match &f.from {
+        Source::Node => Some("node".into()),
+        Source::Pod => {
+            let pods: Vec<IpAddr> = if topo.pod_clients.is_empty() {
+                c.node
+                    .cluster_cidr
+                    .iter()
+                    .map(|x| last_but_one(x))
+                    .collect()
+            } else {
+                topo.pod_clients.clone()
+            };
+            pods.into_iter().find(fam).map(|a| a.to_string())
+        }
+        Source::External => {
+            let ext: Vec<IpAddr> = if topo.external_clients.is_empty() {
+                vec![
+                    "203.0.113.7".parse().unwrap(),
+                    "2001:db8:ff::7".parse().unwrap(),
+                ]
+            } else {
+                topo.external_clients.clone()
+            };
+            ext.into_iter().find(fam).map(|a| a.to_string())
+        }
+        Source::Addr(a) => Some(a.to_string()),
+    }
+}
+
+/// Loader names (docs/FLOW-TESTS.md) that run a mode's rules in the flow tests.
+fn loaders(mode: &str) -> &'static [&'static str] {
+    match mode {
+        "nftables" => &["nft", "apply"],
+        _ => &["iptables", "iptables-nft", "iptables-legacy"],
+    }
+}
+
+/// What a flow expects, in the trace's terms.
+fn expected(f: &Flow) -> (String, BTreeSet<(SocketAddr, bool)>, bool) {
+    match &f.expect {
+        Expect::Backends {
+            backends,
+            masquerade,
+        } => (
+            "dnat".into(),
+            backends
+                .iter()
+                .map(|b| (*b, masquerade.expected_for(b)))
+                .collect(),
+            f.affinity,
+        ),
+        Expect::Drop => ("drop".into(), BTreeSet::new(), false),
+        Expect::Reject => ("reject".into(), BTreeSet::new(), false),
+        Expect::Untouched => ("accept".into(), BTreeSet::new(), false),
+    }
+}
+
+fn check_case(dir: &Path) -> (usize, Vec<String>) {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let c = Case::load(dir).unwrap();
+    if c.skip_flows.is_some() {
+        return (0, Vec::new());
+    }
+    let flows = schema::parse_flows(&c.flows).unwrap();
+    let topo = schema::parse_topology(c.topology.as_ref()).unwrap();
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for mode in ["nftables", "iptables"] {
+        for f in &flows {
+            if loaders(mode).iter().any(|l| f.skip.contains_key(*l)) {
+                continue;
+            }
+            let Some(from) = client(&c, &topo, f) else {
+                continue;
+            };
+            let mut args = vec!["trace".to_string()];
+            args.extend(c.compile_args(dir));
+            args.extend([
+                "--backend".into(),
+                mode.into(),
+                "--from".into(),
+                from.clone(),
+                "--to".into(),
+                f.to.to_string(),
+                "--port".into(),
+                f.port.to_string(),
+                "--proto".into(),
+                f.proto.to_string(),
+                "--output".into(),
+                "json".into(),
+            ]);
+            if !topo.node_addresses.is_empty() {
+                let l: Vec<String> = topo.node_addresses.iter().map(|a| a.to_string()).collect();
+                args.extend(["--local-address".into(), l.join(",")]);
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_svcc"))
+                .args(&args)
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                bad.push(format!(
+                    "{name} {mode} {}: svcc trace failed: {}",
+                    f.label(),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+                continue;
+            }
+            let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let got_backends: BTreeSet<(SocketAddr, bool)> = t["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let a: IpAddr = b["address"].as_str().unwrap().parse().unwrap();
+                    let p = b["port"].as_u64().unwrap() as u16;
+                    (SocketAddr::new(a, p), b["masquerade"].as_bool().unwrap())
+                })
+                .collect();
+            let got = (
+                t["verdict"].as_str().unwrap().to_string(),
+                got_backends,
+                t["affinity"].as_bool().unwrap() && t["verdict"] == "dnat",
+            );
+            let want = expected(f);
+            checked += 1;
+            if got != want {
+                let steps: Vec<String> = t["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "      {}: {}",
+                            s["what"].as_str().unwrap(),
+                            s["why"].as_str().unwrap()
+                        )
+                    })
+                    .collect();
+                bad.push(format!(
+                    "{name} {mode} {} (from {from}):\n    expected {want:?}\n    traced   {got:?}\n{}",
+                    f.label(),
+                    steps.join("\n")
+                ));
+            }
+        }
+    }
+    (checked, bad)
+}
+
+#[test]
+fn trace_agrees_with_every_flow() {
+    let cases = case::all_cases();
+    assert!(!cases.is_empty());
+    // Two workers: each trace is a process (the CLI is what users run).
+    let (a, b): (Vec<_>, Vec<_>) = cases.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let run = |list: Vec<(usize, &std::path::PathBuf)>| {
+        let mut n = 0;
+        let mut bad = Vec::new();
+        for (_, d) in list {
+            let (c, b) = check_case(d);
+            n += c;
+            bad.extend(b);
+        }
+        (n, bad)
+    };
+    let (r1, r2) = std::thread::scope(|s| {
+        let h = s.spawn(|| run(a));
+        let r2 = run(b);
+        (h.join().unwrap(), r2)
+    });
+    let checked = r1.0 + r2.0;
+    let bad: Vec<String> = r1.1.into_iter().chain(r2.1).collect();
+    assert!(checked > 300, "only {checked} flows checked");
+    assert!(
+        bad.is_empty(),
+        "{} of {checked} flows disagree with svcc trace:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    eprintln!("{checked} flows agree with svcc trace");
+}
