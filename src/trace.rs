@@ -107,6 +107,15 @@ pub struct ExplainCmd {
     pub inputs: Vec<PathBuf>,
 }
 
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 fn settings(node: &NodeFlags) -> Result<svcc_compiler::NodeSettings, ExitCode> {
     node.settings().map_err(|d| {
         for x in &d {
@@ -157,10 +166,11 @@ pub fn trace(c: TraceCmd) -> Result<ExitCode> {
         },
     };
     let t = model.trace(&packet);
-    match c.output {
-        OutputFormat::Text => print!("{t}"),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&t)?),
-    }
+    let text = match c.output {
+        OutputFormat::Text => t.to_string(),
+        OutputFormat::Json => serde_json::to_string_pretty(&t)? + "\n",
+    };
+    print_out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -173,10 +183,11 @@ pub fn explain(c: ExplainCmd) -> Result<ExitCode> {
     let model = Model::new(&sources, &settings);
     match model.explain(&c.service) {
         Ok(e) => {
-            match c.output {
-                OutputFormat::Text => print!("{e}"),
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&e)?),
-            }
+            let text = match c.output {
+                OutputFormat::Text => e.to_string(),
+                OutputFormat::Json => serde_json::to_string_pretty(&e)? + "\n",
+            };
+            print_out(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(m) => {

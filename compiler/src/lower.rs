@@ -162,6 +162,8 @@ pub(crate) fn lower_tracked<'a>(
     let mut node_ports: HashMap<(L4Proto, u16), String> = HashMap::new();
     let mut slices: BTreeMap<(String, String), Vec<(&Origin, &EndpointSlice)>> = BTreeMap::new();
     let mut legacy: BTreeMap<(String, String), (&Origin, &Endpoints)> = BTreeMap::new();
+    // Every Service in the input, lowered or not (headless, ExternalName, invalid …).
+    let mut present: HashSet<SvcKey> = HashSet::new();
 
     for (origin, obj) in objects {
         match obj {
@@ -207,6 +209,7 @@ pub(crate) fn lower_tracked<'a>(
                 }
             }
             Object::Service(s) => {
+                present.insert(service_key(s));
                 let (d0, n0) = (diags.len(), notes.len());
                 let v = validate_service(origin, s, settings, diags, notes);
                 let sk = service_key(s);
@@ -295,7 +298,8 @@ pub(crate) fn lower_tracked<'a>(
     for ((ns, svc), list) in &slices {
         if !seen.contains_key(&(ns.clone(), svc.clone())) {
             let d0 = diags.len();
-            orphan_slices(&(ns.clone(), svc.clone()), list, diags);
+            let k = (ns.clone(), svc.clone());
+            orphan_slices(&k, list, present.contains(&k), diags);
             tracking
                 .service_diags
                 .push(((ns.clone(), svc.clone()), d0..diags.len()));
@@ -1871,6 +1875,7 @@ fn family_ports(
 pub(crate) fn orphan_slices(
     k: &SvcKey,
     list: &[(&Origin, &EndpointSlice)],
+    service_present: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
     let (ns, svc) = k;
@@ -1894,6 +1899,11 @@ pub(crate) fn orphan_slices(
                     m,
                 ));
             }
+            continue;
+        }
+        // The Service is there but has no rules (headless, ExternalName, invalid): its own
+        // note or error says why; its slices are simply unused.
+        if service_present {
             continue;
         }
         diags.push(Diagnostic::at_field(
@@ -1931,7 +1941,7 @@ pub(crate) fn lower_service(
     let v = service.and_then(|(o, s)| validate_service(o, s, settings, diags, notes));
     let Some(v) = v else {
         if !slices.is_empty() {
-            orphan_slices(k, slices, diags);
+            orphan_slices(k, slices, service.is_some(), diags);
         }
         return LoweredService {
             ports: families.iter().map(|_| Vec::new()).collect(),

@@ -1074,13 +1074,14 @@ impl<'s> Model<'s> {
         for e in &errors {
             steps.push("problem", e.clone(), None);
         }
-        let selector_less = spec.is_some_and(|s| s.selector.as_ref().is_none_or(|m| m.is_empty()));
+        // Compaction keeps an empty map for a selector (its labels are never read).
+        let selector_less = spec.is_some_and(|s| s.selector.is_none());
         let k = (ns.to_string(), name.to_string());
         let (owned, map) = self.endpoints(&k);
         if selector_less && !owned.is_empty() {
             steps.push(
                 "selector-less",
-                "no spec.selector in the input: its endpoints are the hand-made EndpointSlices/Endpoints below (or kubectl printed it without one)",
+                "no spec.selector: its endpoints are hand-made EndpointSlices/Endpoints, not managed by the EndpointSlice controller",
                 None,
             );
         }

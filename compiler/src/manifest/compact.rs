@@ -81,6 +81,7 @@ fn service(s: &mut Service) {
             cluster_ip,
             mut cluster_ips,
             mut external_ips,
+            external_name,
             external_traffic_policy,
             health_check_node_port,
             internal_traffic_policy,
@@ -88,11 +89,16 @@ fn service(s: &mut Service) {
             ip_family_policy,
             mut load_balancer_source_ranges,
             ports,
+            mut selector,
             session_affinity,
             session_affinity_config,
             type_,
             ..
         } = spec;
+        // `svcc explain` says whether a Service is selector-less: an empty map keeps that.
+        if let Some(sel) = &mut selector {
+            sel.clear();
+        }
         exact(&mut cluster_ips);
         exact(&mut external_ips);
         exact(&mut ip_families);
@@ -101,6 +107,7 @@ fn service(s: &mut Service) {
             cluster_ip,
             cluster_ips,
             external_ips,
+            external_name,
             external_traffic_policy,
             health_check_node_port,
             internal_traffic_policy,
@@ -116,6 +123,7 @@ fn service(s: &mut Service) {
                     ..ServicePort::default()
                 })
             }),
+            selector,
             session_affinity,
             session_affinity_config: session_affinity_config.map(|c| SessionAffinityConfig {
                 client_ip: c.client_ip.map(|c| ClientIPConfig {
@@ -457,9 +465,9 @@ items:
                     assert!(s.metadata.annotations.is_none() && s.metadata.uid.is_none());
                     assert!(s.metadata.managed_fields.is_none());
                     let spec = s.spec.as_ref().unwrap();
-                    assert!(
-                        spec.selector.is_none() && spec.allocate_load_balancer_node_ports.is_none()
-                    );
+                    // The selector's presence is kept (`svcc explain`), not its labels.
+                    assert!(spec.selector.as_ref().is_none_or(|s| s.is_empty()));
+                    assert!(spec.allocate_load_balancer_node_ports.is_none());
                     assert!(spec.ports.iter().flatten().all(|p| p.target_port.is_none()));
                 }
                 Object::EndpointSlice(s) => {
