@@ -353,7 +353,7 @@ pub(crate) fn lower_tracked<'a>(
                 crate::config::Backend::Iptables => {
                     if !services.is_empty() {
                         notes.push(format!(
-                            "{}: iptables mode without nodePortAddresses: NodePorts are accepted on every local non-loopback address (kube-proxy's iptables default; `--nodeport-addresses primary` limits them to the primary node IP)",
+                            "{}: iptables mode without nodePortAddresses: NodePorts are accepted on every local address but loopback (kube-proxy's iptables default, without its localhost NodePorts); `--nodeport-addresses primary` limits them to the primary node IP",
                             fam.keyword()
                         ));
                     }
@@ -380,6 +380,7 @@ pub(crate) fn lower_tracked<'a>(
                     .filter(|n| is_fam(&n.addr()))
                     .collect(),
             ),
+            drop_ct_invalid: !settings.conntrack_tcp_be_liberal,
             service_ports: Vec::new(),
         };
         // (address, protocol, port) of every frontend so far: a second Service on the same one

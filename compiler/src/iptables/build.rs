@@ -162,12 +162,14 @@ fn build_family(f: &FamilyIr) -> IptRuleset {
     .map(|s| s.to_string())
     .collect();
     let mut filter = w.filter;
-    filter.push(rule(
-        FORWARD,
-        None,
-        vec![IptMatch::CtState("INVALID")],
-        Target::Drop,
-    ));
+    if f.drop_ct_invalid {
+        filter.push(rule(
+            FORWARD,
+            None,
+            vec![IptMatch::CtState("INVALID")],
+            Target::Drop,
+        ));
+    }
     filter.push(rule(
         FORWARD,
         Some("svcc forwarding rules".into()),
