@@ -7,8 +7,20 @@ use ipnet::IpNet;
 use svcc_compiler::ir::{Ir, NodePortAddrs};
 use svcc_compiler::{compile, Backend, CompileOptions, NodePortAddresses, NodeSettings, Output};
 
-/// A dual-stack NodePort Service (no endpoints for the IPv4 one: the no-endpoint rules).
+/// A dual-stack NodePort Service (no endpoints for the IPv4 one: the no-endpoint rules) and an
+/// eTP=Local LoadBalancer with a healthCheckNodePort.
 const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: default}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  clusterIP: 172.30.0.11
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30081}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
@@ -214,4 +226,17 @@ fn nodeport_without_endpoints_by_mode() {
         nft.contains("ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"),
         "{nft}"
     );
+}
+
+/// The healthCheckNodePort is let through the node's firewall in iptables mode (filter
+/// KUBE-NODEPORTS ACCEPT); kube-proxy's nftables mode has no such rule.
+#[test]
+fn health_check_node_port_accept_by_mode() {
+    let ipt = iptables_text(&run(&settings(Backend::Iptables, NodePortAddresses::Unset)));
+    assert!(
+        ipt.contains("-A SVCC-NODEPORTS -m comment --comment \"default/lb:http health check node port\" -m tcp -p tcp --dport 32000 -j ACCEPT"),
+        "{ipt}"
+    );
+    let nft = run(&settings(Backend::Nftables, NodePortAddresses::Unset)).nft_text();
+    assert!(!nft.contains("32000"), "{nft}");
 }
