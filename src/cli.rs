@@ -178,13 +178,17 @@ pub struct NodeFlags {
     /// Masquerade every connection to a ClusterIP.
     #[arg(long)]
     pub masquerade_all: bool,
-    /// Node addresses that accept NodePorts: CIDRs (comma-separated) or `primary`.
+    /// Node addresses that accept NodePorts: CIDRs (comma-separated) or `primary`. Unset: the
+    /// primary node IP of each family (nftables mode) or every local address (iptables mode),
+    /// kube-proxy's per-mode defaults; never loopback.
     #[arg(long, value_name = "CIDR,..|primary")]
     pub nodeport_addresses: Option<String>,
     /// Service CIDRs (comma-separated): unallocated addresses in them are dropped.
     #[arg(long, value_name = "CIDR[,CIDR]")]
     pub service_cidr: Option<String>,
-    /// Which rules to generate.
+    /// Which rules to generate, as kube-proxy's `mode` (default: the config file's `mode`,
+    /// else nftables). It also chooses the config file's section (`nftables:`/`iptables:`) and
+    /// the per-mode defaults.
     #[arg(long, value_enum)]
     pub backend: Option<BackendFlag>,
     /// Compile every valid object and report the others, instead of failing.

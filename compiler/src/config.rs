@@ -20,8 +20,9 @@ pub enum Backend {
 /// `nodePortAddresses`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NodePortAddresses {
-    /// Not set: kube-proxy's nftables mode then uses the node's primary IPs (`primary`);
-    /// without a known node IP, every local non-loopback address.
+    /// Not set: kube-proxy's per-mode default. nftables mode: the node's primary IPs
+    /// (`primary`); iptables mode: every local address (svcc: but loopback). Without a known
+    /// node IP of a family, every local non-loopback address in both.
     #[default]
     Unset,
     /// `primary`: the node's primary IP per family (the first `--node-ip` of each family).
