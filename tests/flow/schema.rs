@@ -300,6 +300,28 @@ fn parse_flow(index: usize, v: &Value) -> Result<Flow, String> {
         return Err(format!("{at}.port: must be 1-65535"));
     }
     let expect = parse_expect(&format!("{at}.expect"), &raw.expect)?;
+    // A mistyped loader would silently never match: only known loaders (or families).
+    const LOADERS: [&str; 6] = [
+        "nft",
+        "apply",
+        "iptables",
+        "iptables-nft",
+        "iptables-legacy",
+        "prebuilt",
+    ];
+    for (field, k) in raw
+        .skip
+        .keys()
+        .map(|k| ("skip", k))
+        .chain(raw.expect_on.keys().map(|k| ("expectOn", k)))
+    {
+        if !LOADERS.contains(&k.as_str()) {
+            return Err(format!(
+                "{at}.{field}.{k}: unknown loader, expected one of {}",
+                LOADERS.join(", ")
+            ));
+        }
+    }
     let mut expect_on = BTreeMap::new();
     for (k, v) in &raw.expect_on {
         if raw.skip.contains_key(k) {
