@@ -187,7 +187,9 @@ pub struct NodeFlags {
     /// Masquerade every connection to a ClusterIP.
     #[arg(long)]
     pub masquerade_all: bool,
-    /// Node addresses that accept NodePorts: CIDRs (comma-separated) or `primary`.
+    /// Node addresses that accept NodePorts: CIDRs (comma-separated) or `primary`. Unset: the
+    /// primary node IP of each family (nftables mode) or every local address (iptables mode),
+    /// kube-proxy's per-mode defaults; never loopback.
     #[arg(long, value_name = "CIDR,..|primary")]
     pub nodeport_addresses: Option<String>,
     /// Service CIDRs (comma-separated): unallocated addresses in them are dropped.
@@ -197,7 +199,9 @@ pub struct NodeFlags {
     /// outside it is served, as kube-proxy does, with a warning.
     #[arg(long, value_name = "RANGE", default_value = "30000-32767")]
     pub service_node_port_range: String,
-    /// Which rules to generate.
+    /// Which rules to generate, as kube-proxy's `mode` (default: the config file's `mode`,
+    /// else nftables). It also chooses the config file's section (`nftables:`/`iptables:`) and
+    /// the per-mode defaults.
     #[arg(long, value_enum)]
     pub backend: Option<BackendFlag>,
     /// Compile every valid object and report the others, instead of failing.
@@ -217,36 +221,52 @@ impl NodeFlags {
     /// Merges the config file and the flags (flags win).
     pub fn settings(&self) -> Result<NodeSettings, Vec<Diagnostic>> {
         let mut s = NodeSettings::default();
+        // The mode first (flag, else the file's `mode`, else nftables): it chooses the
+        // file's section (`nftables:` / `iptables:`) the other settings come from.
+        let flag_backend = self.backend.map(|b| match b {
+            BackendFlag::Nftables => Backend::Nftables,
+            BackendFlag::Iptables => Backend::Iptables,
+        });
         if let Some(path) = &self.config {
             let src = inputs::read_file(path).map_err(|e| input_error(format!("{e:#}")))?;
             let f = parse_kube_proxy_config(&src.name, &src.text).map_err(|mut d| {
                 svcc_compiler::manifest::locate(&mut d, std::slice::from_ref(&src));
                 d
             })?;
-            if let Some(h) = f.hostname {
+            if let Some(h) = f.hostname.clone() {
                 s.hostname = h;
             }
-            if let Some(c) = f.cluster_cidrs {
+            if let Some(c) = f.cluster_cidrs.clone() {
                 s.cluster_cidrs = c;
             }
-            if let Some(m) = f.masquerade_all {
-                s.masquerade_all = m;
-            }
-            if let Some(b) = f.masquerade_bit {
-                s.masquerade_bit = b;
-            }
-            if let Some(n) = f.nodeport_addresses {
+            if let Some(n) = f.nodeport_addresses.clone() {
                 s.nodeport_addresses = n;
             }
             if let Some(b) = f.backend {
                 s.backend = b;
             }
-            if let Some(d) = f.min_sync_period {
+            if let Some(b) = flag_backend {
+                s.backend = b;
+            }
+            let m = f.section(s.backend);
+            if let Some(v) = m.masquerade_all {
+                s.masquerade_all = v;
+            }
+            if let Some(b) = m.masquerade_bit {
+                s.masquerade_bit = b;
+            }
+            if let Some(d) = m.min_sync_period {
                 s.min_sync_period = d;
             }
-            if let Some(d) = f.sync_period {
+            if let Some(d) = m.sync_period {
                 s.sync_period = d;
             }
+            if let Some(l) = f.conntrack_tcp_be_liberal {
+                s.conntrack_tcp_be_liberal = l;
+            }
+            let mut warnings = f.ignored_fields(&src.name, s.backend);
+            svcc_compiler::manifest::locate(&mut warnings, std::slice::from_ref(&src));
+            print_diags(&warnings);
         }
         if let Some(h) = &self.hostname_override {
             s.hostname = h.clone();
@@ -284,10 +304,8 @@ impl NodeFlags {
         }
         s.service_node_port_range = parse_port_range(&self.service_node_port_range)
             .map_err(|e| input_error(format!("--service-node-port-range: {e}")))?;
-        match self.backend {
-            Some(BackendFlag::Nftables) => s.backend = Backend::Nftables,
-            Some(BackendFlag::Iptables) => s.backend = Backend::Iptables,
-            None => {}
+        if let Some(b) = flag_backend {
+            s.backend = b;
         }
         Ok(s)
     }
@@ -611,6 +629,7 @@ fn cleanup(c: CleanupCmd) -> Result<ExitCode> {
                 masquerade_all: false,
                 masquerade_mark: NodeSettings::default().masquerade_mark(),
                 service_cidrs: vec![],
+                drop_ct_invalid: true,
                 service_ports: vec![],
             };
             let ir = Ir {

@@ -251,3 +251,76 @@ fn a_long_lived_applier_rewrites_only_changed_chains() {
         "{nat}"
     );
 }
+
+/// Runs the svcc binary (no namespace, no root needed): (exit code, stderr).
+fn svcc_plain(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_svcc"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The mode chooses the config file's section: `--backend iptables` with a file that only has
+/// `nftables:` settings compiles iptables mode's defaults and says which fields it ignored.
+/// `svcc run` programs nftables only, whether iptables comes from the flag or the file.
+#[test]
+fn the_mode_chooses_the_config_section_and_svcc_run_refuses_iptables() {
+    let cfg = "fixtures/cases/kube-proxy-config/kube-proxy.yaml";
+    let m = "fixtures/cases/kube-proxy-config/manifests.yaml";
+    let args = [
+        "compile",
+        "--backend",
+        "iptables",
+        "--config",
+        cfg,
+        "--node-ip",
+        "192.168.0.2",
+        m,
+        "-o",
+        "/dev/null",
+    ];
+    let (code, err) = svcc_plain(&args);
+    assert_eq!(code, Some(0), "{err}");
+    for f in [
+        "masqueradeAll",
+        "masqueradeBit",
+        "syncPeriod",
+        "minSyncPeriod",
+    ] {
+        assert!(
+            err.contains(&format!(
+                "nftables.{f}: ignored: svcc compiles iptables mode"
+            )),
+            "{f}: {err}"
+        );
+    }
+    let (code, err) = svcc_plain(&["compile", "--config", cfg, m, "-o", "/dev/null"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("ignored"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("svcc-run-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kp = dir.join("kp.yaml");
+    std::fs::write(
+        &kp,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    for extra in [
+        vec!["--backend", "iptables"],
+        vec!["--config", kp.to_str().unwrap()],
+    ] {
+        let mut a = vec!["run", "--node-ip", "192.168.0.2", "--watch", &d];
+        a.extend(extra.iter().copied());
+        let (code, err) = svcc_plain(&a);
+        assert_eq!(code, Some(2), "{a:?}: {err}");
+        assert!(err.contains("svcc run programs nftables only"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

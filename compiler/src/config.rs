@@ -20,8 +20,9 @@ pub enum Backend {
 /// `nodePortAddresses`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NodePortAddresses {
-    /// Not set: kube-proxy's nftables mode then uses the node's primary IPs (`primary`);
-    /// without a known node IP, every local non-loopback address.
+    /// Not set: kube-proxy's per-mode default. nftables mode: the node's primary IPs
+    /// (`primary`); iptables mode: every local address (svcc: but loopback). Without a known
+    /// node IP of a family, every local non-loopback address in both.
     #[default]
     Unset,
     /// `primary`: the node's primary IP per family (the first `--node-ip` of each family).
@@ -85,6 +86,9 @@ pub struct NodeSettings {
     /// The cluster's `--service-node-port-range` (kube-apiserver's flag): nodePorts outside
     /// it are served (as kube-proxy does) with a warning.
     pub service_node_port_range: (u16, u16),
+    /// `conntrack.tcpBeLiberal`: kube-proxy then sets `nf_conntrack_tcp_be_liberal` and its
+    /// iptables mode does not drop INVALID conntrack packets in KUBE-FORWARD.
+    pub conntrack_tcp_be_liberal: bool,
 }
 
 impl Default for NodeSettings {
@@ -101,6 +105,7 @@ impl Default for NodeSettings {
             min_sync_period: Duration::from_secs(1),
             sync_period: Duration::from_secs(30),
             service_node_port_range: DEFAULT_NODE_PORT_RANGE,
+            conntrack_tcp_be_liberal: false,
         }
     }
 }
@@ -127,6 +132,13 @@ struct KubeProxyConfiguration {
     node_port_addresses: Option<Vec<String>>,
     nftables: Option<ModeConfig>,
     iptables: Option<ModeConfig>,
+    conntrack: Option<Conntrack>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conntrack {
+    tcp_be_liberal: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +155,8 @@ struct ModeConfig {
     masquerade_bit: Option<i64>,
     sync_period: Option<String>,
     min_sync_period: Option<String>,
+    /// iptables only.
+    localhost_node_ports: Option<bool>,
 }
 
 /// Settings read from a config file; `None` = not set there.
@@ -150,12 +164,87 @@ struct ModeConfig {
 pub struct FileSettings {
     pub hostname: Option<String>,
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    pub nodeport_addresses: Option<NodePortAddresses>,
+    /// `mode` (None: unset; kube-proxy then runs iptables mode, svcc compiles nftables mode).
+    pub backend: Option<Backend>,
+    /// The `nftables:` and `iptables:` sections: each mode reads only its own (kube-proxy's
+    /// v1alpha1 conversion), see [`FileSettings::section`].
+    pub nftables: ModeSettings,
+    pub iptables: ModeSettings,
+    /// `iptables.localhostNodePorts` (svcc never has localhost NodePorts).
+    pub localhost_node_ports: Option<bool>,
+    /// `conntrack.tcpBeLiberal`.
+    pub conntrack_tcp_be_liberal: Option<bool>,
+}
+
+/// One mode's section of a config file; `None` = not set there.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModeSettings {
     pub masquerade_all: Option<bool>,
     pub masquerade_bit: Option<u8>,
-    pub nodeport_addresses: Option<NodePortAddresses>,
-    pub backend: Option<Backend>,
     pub min_sync_period: Option<Duration>,
     pub sync_period: Option<Duration>,
+}
+
+impl ModeSettings {
+    /// The fields set in this section (their v1alpha1 names).
+    fn set_fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (set, name) in [
+            (self.masquerade_all.is_some(), "masqueradeAll"),
+            (self.masquerade_bit.is_some(), "masqueradeBit"),
+            (self.min_sync_period.is_some(), "minSyncPeriod"),
+            (self.sync_period.is_some(), "syncPeriod"),
+        ] {
+            if set {
+                v.push(name);
+            }
+        }
+        v
+    }
+}
+
+impl FileSettings {
+    /// The section the given mode reads: `nftables:` in nftables mode, `iptables:` in
+    /// iptables mode, like kube-proxy (`Convert_v1alpha1_KubeProxyConfiguration_To_config_…`
+    /// for masqueradeAll and the sync periods; `NewProxier` gets `NFTables.MasqueradeBit` or
+    /// `IPTables.MasqueradeBit`). The other section is ignored, never used as a fallback.
+    pub fn section(&self, mode: Backend) -> &ModeSettings {
+        match mode {
+            Backend::Nftables => &self.nftables,
+            Backend::Iptables => &self.iptables,
+        }
+    }
+
+    /// Warnings about fields the given mode ignores: set in the other mode's section only.
+    pub fn ignored_fields(&self, file: &str, mode: Backend) -> Vec<Diagnostic> {
+        let (used, other, used_key, other_key) = match mode {
+            Backend::Nftables => (&self.nftables, &self.iptables, "nftables", "iptables"),
+            Backend::Iptables => (&self.iptables, &self.nftables, "iptables", "nftables"),
+        };
+        let origin = Origin {
+            file: file.into(),
+            doc: 0,
+            base: Vec::new(),
+        };
+        let used_fields = used.set_fields();
+        other
+            .set_fields()
+            .into_iter()
+            .filter(|f| !used_fields.contains(f))
+            .map(|f| {
+                Diagnostic::at_field(
+                    Severity::Warning,
+                    &origin,
+                    Some("KubeProxyConfiguration".into()),
+                    &[PathSeg::Key(other_key.into()), PathSeg::Key(f.into())],
+                    format!(
+                        "ignored: svcc compiles {used_key} mode, which reads {used_key}.{f} (default used), like kube-proxy"
+                    ),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Parses a KubeProxyConfiguration file.
@@ -251,43 +340,41 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
             None
         }
     };
-    let mode_cfg = match out.backend {
-        Some(Backend::Iptables) => cfg.iptables.as_ref().or(cfg.nftables.as_ref()),
-        _ => cfg.nftables.as_ref().or(cfg.iptables.as_ref()),
-    };
-    let mode_key = if matches!(out.backend, Some(Backend::Iptables)) {
-        "iptables"
-    } else {
-        "nftables"
-    };
-    if let Some(m) = mode_cfg {
-        out.masquerade_all = m.masquerade_all;
+    // Both sections are read and checked; each mode uses only its own (`section`).
+    for (key, section, slot) in [
+        ("nftables", &cfg.nftables, &mut out.nftables),
+        ("iptables", &cfg.iptables, &mut out.iptables),
+    ] {
+        let Some(m) = section else { continue };
+        slot.masquerade_all = m.masquerade_all;
         if let Some(b) = m.masquerade_bit {
             if (0..=31).contains(&b) {
-                out.masquerade_bit = Some(b as u8);
+                slot.masquerade_bit = Some(b as u8);
             } else {
                 errs.push(err(
-                    &[mode_key, "masqueradeBit"],
+                    &[key, "masqueradeBit"],
                     format!("masqueradeBit {b} out of range 0-31"),
                 ));
             }
         }
-        for (val, key, slot) in [
-            (&m.sync_period, "syncPeriod", &mut out.sync_period),
+        for (val, field, dst) in [
+            (&m.sync_period, "syncPeriod", &mut slot.sync_period),
             (
                 &m.min_sync_period,
                 "minSyncPeriod",
-                &mut out.min_sync_period,
+                &mut slot.min_sync_period,
             ),
         ] {
             if let Some(s) = val {
                 match parse_duration(s) {
-                    Ok(d) => *slot = Some(d),
-                    Err(e) => errs.push(err(&[mode_key, key], e)),
+                    Ok(d) => *dst = Some(d),
+                    Err(e) => errs.push(err(&[key, field], e)),
                 }
             }
         }
     }
+    out.localhost_node_ports = cfg.iptables.as_ref().and_then(|m| m.localhost_node_ports);
+    out.conntrack_tcp_be_liberal = cfg.conntrack.as_ref().and_then(|c| c.tcp_be_liberal);
     if let Some(npa) = &cfg.node_port_addresses {
         match parse_nodeport_addresses(npa) {
             Ok(v) => out.nodeport_addresses = Some(v),
@@ -394,10 +481,59 @@ mod tests {
         let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
         assert_eq!(f.hostname.as_deref(), Some("node-a"));
         assert_eq!(f.cluster_cidrs.as_ref().unwrap().len(), 2);
-        assert_eq!(f.masquerade_all, Some(true));
-        assert_eq!(f.masquerade_bit, Some(15));
+        let m = f.section(Backend::Nftables);
+        assert_eq!(m.masquerade_all, Some(true));
+        assert_eq!(m.masquerade_bit, Some(15));
         assert_eq!(f.nodeport_addresses, Some(NodePortAddresses::Primary));
-        assert_eq!(f.min_sync_period, Some(Duration::from_secs(2)));
+        assert_eq!(m.min_sync_period, Some(Duration::from_secs(2)));
+        assert_eq!(f.section(Backend::Iptables), &ModeSettings::default());
+    }
+
+    /// Each mode reads its own section, never the other's (kube-proxy's v1alpha1 conversion);
+    /// what the other section sets alone is reported as ignored.
+    #[test]
+    fn each_mode_reads_its_own_section() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\niptables:\n  masqueradeAll: true\n  masqueradeBit: 3\n  syncPeriod: 10s\n  localhostNodePorts: false\nnftables:\n  syncPeriod: 20s\nconntrack:\n  tcpBeLiberal: true\n";
+        let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
+        assert_eq!(f.backend, Some(Backend::Nftables));
+        let n = f.section(Backend::Nftables);
+        assert_eq!(n.masquerade_all, None);
+        assert_eq!(n.masquerade_bit, None);
+        assert_eq!(n.sync_period, Some(Duration::from_secs(20)));
+        let i = f.section(Backend::Iptables);
+        assert_eq!(i.masquerade_all, Some(true));
+        assert_eq!(i.masquerade_bit, Some(3));
+        assert_eq!(f.localhost_node_ports, Some(false));
+        assert_eq!(f.conntrack_tcp_be_liberal, Some(true));
+        let w: Vec<String> = f
+            .ignored_fields("kp.yaml", Backend::Nftables)
+            .iter()
+            .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+            .collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("iptables.masqueradeAll: ignored"), "{w:?}");
+        assert!(w[1].starts_with("iptables.masqueradeBit: ignored"), "{w:?}");
+        assert!(f.ignored_fields("kp.yaml", Backend::Iptables).is_empty());
+    }
+
+    /// kube-proxy's per-mode defaults (v1alpha1 `SetDefaults_KubeProxyConfiguration`): both
+    /// modes default to masqueradeBit 14, syncPeriod 30s, minSyncPeriod 1s; svcc's default
+    /// mode is nftables (kube-proxy's is iptables).
+    #[test]
+    fn defaults_of_both_modes() {
+        let d = NodeSettings::default();
+        assert_eq!(d.backend, Backend::Nftables);
+        assert_eq!(d.masquerade_bit, 14);
+        assert_eq!(d.masquerade_mark(), 0x4000);
+        assert_eq!(d.sync_period, Duration::from_secs(30));
+        assert_eq!(d.min_sync_period, Duration::from_secs(1));
+        assert_eq!(d.nodeport_addresses, NodePortAddresses::Unset);
+        assert!(!d.conntrack_tcp_be_liberal);
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+        let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
+        assert_eq!(f.backend, None);
+        assert_eq!(f.section(Backend::Nftables), &ModeSettings::default());
+        assert_eq!(f.section(Backend::Iptables), &ModeSettings::default());
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct FamilyIr {
     pub masquerade_mark: u32,
     /// Service CIDRs: a destination in them that is not an allocated ClusterIP is dropped.
     pub service_cidrs: Vec<IpNet>,
+    /// iptables mode: drop INVALID conntrack packets in the forward chain (kube-proxy's
+    /// KUBE-FORWARD, unless `nf_conntrack_tcp_be_liberal`: `conntrack.tcpBeLiberal`).
+    /// kube-proxy's nftables mode has no such rule.
+    pub drop_ct_invalid: bool,
     /// Sorted by (namespace, name, port name, protocol). Shared: the long-running applier
     /// replaces the few that change and keeps the rest (see `session`).
     pub service_ports: Vec<Arc<ServicePort>>,

@@ -344,10 +344,28 @@ pub(crate) fn lower_tracked<'a>(
             .copied()
             .filter(|a| !a.is_loopback())
             .collect();
+        // Where NodePorts are accepted (kube-proxy: `NewNodePortAddresses` per family, after
+        // cmd/kube-proxy's per-mode default). Loopback never: svcc has no localhost NodePorts.
+        let primary_or_all = |notes: &mut Vec<String>| {
+            if usable_node_ips.is_empty() {
+                if !services.is_empty() {
+                    notes.push(format!(
+                        "{}: no node IP of this family given (--node-ip): NodePorts are accepted on every local non-loopback address",
+                        fam.keyword()
+                    ));
+                }
+                NodePortAddrs::AllLocal
+            } else {
+                // The node's primary IP of the family: the first --node-ip of that family, as
+                // cmd/kube-proxy turns `primary` into NodeIPs[family]/32 (or /128).
+                NodePortAddrs::Addrs(usable_node_ips[..1].to_vec())
+            }
+        };
         let node_ports_on = match &settings.nodeport_addresses {
-            NodePortAddresses::Cidrs(c) if c.iter().any(|n| is_fam(&n.addr())) => {
+            NodePortAddresses::Cidrs(c) => {
                 let c: Vec<&IpNet> = c.iter().filter(|n| is_fam(&n.addr())).collect();
-                if c.iter().any(|n| n.prefix_len() == 0) {
+                // No CIDR of this family: kube-proxy adds 0.0.0.0/0 or ::/0 (match all).
+                if c.is_empty() || c.iter().any(|n| n.prefix_len() == 0) {
                     NodePortAddrs::AllLocal
                 } else {
                     NodePortAddrs::Addrs(
@@ -359,18 +377,21 @@ pub(crate) fn lower_tracked<'a>(
                     )
                 }
             }
-            _ if usable_node_ips.is_empty() => {
-                if !services.is_empty() {
-                    notes.push(format!(
-                        "{}: no node IP of this family given (--node-ip): NodePorts are accepted on every local non-loopback address",
-                        fam.keyword()
-                    ));
+            NodePortAddresses::Primary => primary_or_all(notes),
+            // Unset: each mode's default. nftables: `primary` (platformApplyDefaults);
+            // iptables: every local address (`--dst-type LOCAL`, loopback excluded here).
+            NodePortAddresses::Unset => match settings.backend {
+                crate::config::Backend::Nftables => primary_or_all(notes),
+                crate::config::Backend::Iptables => {
+                    if !services.is_empty() {
+                        notes.push(format!(
+                            "{}: iptables mode without nodePortAddresses: NodePorts are accepted on every local address but loopback (kube-proxy's iptables default, without its localhost NodePorts); `--nodeport-addresses primary` limits them to the primary node IP",
+                            fam.keyword()
+                        ));
+                    }
+                    NodePortAddrs::AllLocal
                 }
-                NodePortAddrs::AllLocal
-            }
-            // `primary` (and the nftables default): the node's primary IP of the family, which
-            // is the first --node-ip of that family, as cmd/kube-proxy passes NodeIPs[family].
-            _ => NodePortAddrs::Addrs(usable_node_ips[..1].to_vec()),
+            },
         };
         let mut fir = FamilyIr {
             family: fam,
@@ -391,6 +412,7 @@ pub(crate) fn lower_tracked<'a>(
                     .filter(|n| is_fam(&n.addr()))
                     .collect(),
             ),
+            drop_ct_invalid: !settings.conntrack_tcp_be_liberal,
             service_ports: Vec::new(),
         };
         // (address, protocol, port) of every frontend so far: a second Service on the same one

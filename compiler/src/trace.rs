@@ -474,11 +474,12 @@ impl<'s> Model<'s> {
                     continue;
                 }
                 match f.kind {
-                    FrontendKind::NodePort => {
-                        if node_port.is_none() && self.node_port_address(fir, p.destination) {
-                            node_port = Some((sp.as_ref(), f.kind));
-                        }
+                    FrontendKind::NodePort
+                        if node_port.is_none() && self.node_port_address(fir, p.destination) =>
+                    {
+                        node_port = Some((sp.as_ref(), f.kind));
                     }
+                    FrontendKind::NodePort => {}
                     _ if f.addr == Some(p.destination) => return Some((sp, f.kind)),
                     _ => {}
                 }
@@ -490,6 +491,48 @@ impl<'s> Model<'s> {
     fn no_frontend(&self, fir: &FamilyIr, p: &Packet, t: &mut Trace, steps: &mut Steps) {
         let mode = self.settings.backend;
         let dst = p.destination;
+        // iptables mode: the filter rules for NodePorts with nowhere to go match every local
+        // address (`-m addrtype --dst-type LOCAL`), loopback and addresses outside
+        // nodePortAddresses included.
+        if mode == Mode::Iptables && (dst.is_loopback() || self.node_addresses().contains(&dst)) {
+            for sp in fir
+                .service_ports
+                .iter()
+                .filter(|sp| sp.protocol == p.protocol)
+            {
+                let np = sp
+                    .frontends
+                    .iter()
+                    .any(|f| f.kind == FrontendKind::NodePort && f.port == p.port);
+                let Some(v) = sp.dispatch().external_filter.filter(|_| np) else {
+                    continue;
+                };
+                let (verdict, name, why) = match v {
+                    FilterVerdict::Reject => {
+                        (Verdict::Reject, "REJECT", "the Service has no endpoints")
+                    }
+                    FilterVerdict::Drop => (
+                        Verdict::Drop,
+                        "DROP",
+                        "externalTrafficPolicy Local and no endpoint on this node",
+                    ),
+                };
+                let field = match self.port_index(sp) {
+                    Some(i) => vec![key("spec"), key("ports"), idx(i), key("nodePort")],
+                    None => vec![key("spec"), key("ports")],
+                };
+                steps.push(
+                    format!("{} is a local address and {}/{} the NodePort of {}", dst, p.port, p.protocol.keyword(), sp.name),
+                    format!("{why}: kube-proxy's iptables mode filters such NodePorts on every local address (even outside nodePortAddresses, even loopback)"),
+                    self.service_at(sp, &field),
+                );
+                steps.push(name, why, None);
+                t.service = Some(sp.name.to_string());
+                t.frontend = Some(FrontendKind::NodePort);
+                t.verdict = verdict;
+                return;
+            }
+        }
         if let Some(sp) = fir
             .service_ports
             .iter()

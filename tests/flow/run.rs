@@ -71,14 +71,21 @@ pub fn prepare(dir: &Path) -> Result<Prepared, String> {
     // Every flow must be runnable and every expected backend must have a server.
     for f in &flows {
         client_of(&plan, f).map_err(|e| at(format!("{}: {e}", f.label())))?;
-        if let Expect::Backends { backends, .. } = &f.expect {
-            for (i, b) in backends.iter().enumerate() {
-                let ok = scan.endpoint_ips.contains(&b.ip()) || plan.is_node_ip(&b.ip());
-                if !ok {
-                    return Err(at(format!(
-                        "flows[{}].expect.backends[{i}]: {b} is not an endpoint address of the manifests",
-                        f.index
-                    )));
+        let expects = std::iter::once(("expect".to_string(), &f.expect)).chain(
+            f.expect_on
+                .iter()
+                .map(|(k, e)| (format!("expectOn.{k}"), e)),
+        );
+        for (field, e) in expects {
+            if let Expect::Backends { backends, .. } = e {
+                for (i, b) in backends.iter().enumerate() {
+                    let ok = scan.endpoint_ips.contains(&b.ip()) || plan.is_node_ip(&b.ip());
+                    if !ok {
+                        return Err(at(format!(
+                            "flows[{}].{field}.backends[{i}]: {b} is not an endpoint address of the manifests",
+                            f.index
+                        )));
+                    }
                 }
             }
         }
@@ -303,16 +310,13 @@ pub fn run_case(p: &Prepared, loader: &dyn Loader, loader_label: &str) -> Result
     let ports: Vec<u16> = p.plan.ports.iter().copied().collect();
     let server = Server::start(&binds, &ports).map_err(|e| format!("servers: {e}"))?;
 
-    let flows: Vec<&Flow> = p
+    // `skip: {iptables: …}` / `expectOn: {iptables: …}` cover every iptables flavour
+    // (iptables-nft, iptables-legacy).
+    let loader_name = loader.name();
+    let flows: Vec<Flow> = p
         .flows
         .iter()
-        .filter(|f| {
-            // `skip: {iptables: …}` covers every iptables flavour (iptables-nft, iptables-legacy).
-            let name = loader.name();
-            !f.skip
-                .keys()
-                .any(|k| name == *k || name.starts_with(&format!("{k}-")))
-        })
+        .filter_map(|f| f.for_loader(&loader_name))
         .collect();
     let skipped = p.flows.len() - flows.len();
     let results: Mutex<Vec<FlowResult>> = Mutex::new(Vec::new());
@@ -382,7 +386,7 @@ pub fn run_case(p: &Prepared, loader: &dyn Loader, loader_label: &str) -> Result
     }
     if std::env::var("SVCC_FLOW_VERBOSE").is_ok_and(|v| v == "1") {
         for fr in &results {
-            let f = p.flows.iter().find(|f| f.index == fr.flow_idx).unwrap();
+            let f = flows.iter().find(|f| f.index == fr.flow_idx).unwrap();
             println!(
                 "  {} {}: {} [{:.2}s] {}",
                 if fr.problems.is_empty() {
@@ -428,7 +432,7 @@ pub fn run_case(p: &Prepared, loader: &dyn Loader, loader_label: &str) -> Result
         loader.name()
     );
     for fr in &failed {
-        let f = p.flows.iter().find(|f| f.index == fr.flow_idx).unwrap();
+        let f = flows.iter().find(|f| f.index == fr.flow_idx).unwrap();
         let _ = writeln!(r, "\n  {}", f.label());
         let _ = writeln!(
             r,

@@ -126,9 +126,35 @@ pub struct Flow {
     pub tries: Option<u32>,
     /// Loaders that skip this flow, with the reason (`{iptables: "..."}`).
     pub skip: BTreeMap<String, String>,
+    /// Loaders whose expected outcome differs by design (`{iptables: untouched}`): the outcome
+    /// for them, instead of `expect`.
+    pub expect_on: BTreeMap<String, Expect>,
+}
+
+/// Whether a `skip:` / `expectOn:` key names this loader: the loader itself, or a family of
+/// loaders (`iptables` = `iptables-nft` and `iptables-legacy`).
+pub fn loader_matches(key: &str, loader: &str) -> bool {
+    loader == key || loader.starts_with(&format!("{key}-"))
 }
 
 impl Flow {
+    /// The flow as run by `loader`: None if it skips the flow; else with the outcome expected
+    /// from that loader (`expectOn`, else `expect`).
+    pub fn for_loader(&self, loader: &str) -> Option<Flow> {
+        if self.skip.keys().any(|k| loader_matches(k, loader)) {
+            return None;
+        }
+        let mut f = self.clone();
+        if let Some((_, e)) = self
+            .expect_on
+            .iter()
+            .find(|(k, _)| loader_matches(k, loader))
+        {
+            f.expect = e.clone();
+        }
+        Some(f)
+    }
+
     /// A one-line description: `flows[3] "name": pod -> 172.30.0.10:80/tcp`.
     pub fn label(&self) -> String {
         let to = SocketAddr::new(self.to, self.port);
@@ -183,6 +209,8 @@ struct RawFlow {
     tries: Option<u32>,
     #[serde(default)]
     skip: BTreeMap<String, String>,
+    #[serde(default, rename = "expectOn")]
+    expect_on: BTreeMap<String, Value>,
     /// Free text, ignored.
     #[serde(default)]
     #[allow(dead_code)]
@@ -272,6 +300,35 @@ fn parse_flow(index: usize, v: &Value) -> Result<Flow, String> {
         return Err(format!("{at}.port: must be 1-65535"));
     }
     let expect = parse_expect(&format!("{at}.expect"), &raw.expect)?;
+    // A mistyped loader would silently never match: only known loaders (or families).
+    const LOADERS: [&str; 6] = [
+        "nft",
+        "apply",
+        "iptables",
+        "iptables-nft",
+        "iptables-legacy",
+        "prebuilt",
+    ];
+    for (field, k) in raw
+        .skip
+        .keys()
+        .map(|k| ("skip", k))
+        .chain(raw.expect_on.keys().map(|k| ("expectOn", k)))
+    {
+        if !LOADERS.contains(&k.as_str()) {
+            return Err(format!(
+                "{at}.{field}.{k}: unknown loader, expected one of {}",
+                LOADERS.join(", ")
+            ));
+        }
+    }
+    let mut expect_on = BTreeMap::new();
+    for (k, v) in &raw.expect_on {
+        if raw.skip.contains_key(k) {
+            return Err(format!("{at}.expectOn.{k}: the flow is skipped for `{k}`"));
+        }
+        expect_on.insert(k.clone(), parse_expect(&format!("{at}.expectOn.{k}"), v)?);
+    }
     let fam_ok = |a: &IpAddr| a.is_ipv4() == to.is_ipv4();
     if let Source::Addr(a) = &from {
         if !fam_ok(a) {
@@ -280,15 +337,20 @@ fn parse_flow(index: usize, v: &Value) -> Result<Flow, String> {
             ));
         }
     }
-    if let Expect::Backends { backends, .. } = &expect {
-        for (i, b) in backends.iter().enumerate() {
-            if !fam_ok(&b.ip()) {
-                return Err(format!(
-                    "{at}.expect.backends[{i}]: {b} is not of the family of to: {to}"
-                ));
+    let expects = std::iter::once(("expect".to_string(), &expect))
+        .chain(expect_on.iter().map(|(k, e)| (format!("expectOn.{k}"), e)));
+    for (field, e) in expects {
+        if let Expect::Backends { backends, .. } = e {
+            for (i, b) in backends.iter().enumerate() {
+                if !fam_ok(&b.ip()) {
+                    return Err(format!(
+                        "{at}.{field}.backends[{i}]: {b} is not of the family of to: {to}"
+                    ));
+                }
             }
         }
-    } else if raw.affinity {
+    }
+    if !matches!(expect, Expect::Backends { .. }) && raw.affinity {
         return Err(format!(
             "{at}.affinity: only meaningful with `expect: {{backends: [...]}}`"
         ));
@@ -307,6 +369,7 @@ fn parse_flow(index: usize, v: &Value) -> Result<Flow, String> {
         affinity: raw.affinity,
         tries: raw.tries,
         skip: raw.skip,
+        expect_on,
     })
 }
 

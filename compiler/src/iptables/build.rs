@@ -162,12 +162,14 @@ fn build_family(f: &FamilyIr) -> IptRuleset {
     .map(|s| s.to_string())
     .collect();
     let mut filter = w.filter;
-    filter.push(rule(
-        FORWARD,
-        None,
-        vec![IptMatch::CtState("INVALID")],
-        Target::Drop,
-    ));
+    if f.drop_ct_invalid {
+        filter.push(rule(
+            FORWARD,
+            None,
+            vec![IptMatch::CtState("INVALID")],
+            Target::Drop,
+        ));
+    }
     filter.push(rule(
         FORWARD,
         Some("svcc forwarding rules".into()),
@@ -324,6 +326,20 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
     }
     if uses_fw {
         w.nat_chains.push(fw.clone());
+    }
+    // The health check port gets through the node's firewall, with or without local
+    // endpoints (kube-proxy's iptables mode: filter KUBE-NODEPORTS; its nftables mode has no
+    // such rule).
+    if let Some(hc) = pol.health_check_node_port {
+        w.filter.push(rule(
+            NODEPORTS,
+            Some(format!("{spn} health check node port")),
+            vec![IptMatch::Proto {
+                proto: crate::nft::model::L4Proto::Tcp,
+                dport: Some(hc),
+            }],
+            Target::Accept,
+        ));
     }
 
     let no_endpoints = Some(format!(
