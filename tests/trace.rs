@@ -242,3 +242,189 @@ fn trace_agrees_with_every_flow() {
     );
     eprintln!("{checked} flows agree with svcc trace");
 }
+
+/// Services named in a case's manifests (`ns/name`), for `svcc explain`.
+fn services(dir: &Path) -> Vec<String> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    fn walk(v: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+        if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+            for i in items {
+                walk(i, out);
+            }
+        }
+        if v.get("kind").and_then(|k| k.as_str()) == Some("Service") {
+            let m = &v["metadata"];
+            let ns = m
+                .get("namespace")
+                .and_then(|x| x.as_str())
+                .unwrap_or("default");
+            if let Some(n) = m.get("name").and_then(|x| x.as_str()) {
+                out.push(format!("{ns}/{n}"));
+            }
+        }
+    }
+    for f in case::manifest_files(dir) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            if let Ok(v) = serde_yaml_ng::Value::deserialize(doc) {
+                walk(&v, &mut out);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The text of `svcc explain` for every Service of every case, and of `svcc trace` for every
+/// flow (nftables mode), pinned: review changes like code.
+#[test]
+fn trace_and_explain_text() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for abs in case::all_cases() {
+        // Relative paths, so the text does not depend on where the clone lives.
+        let dir = abs.strip_prefix(root).unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let c = Case::load(&abs).unwrap();
+        let run = |args: Vec<String>| {
+            let out = Command::new(env!("CARGO_BIN_EXE_svcc"))
+                .current_dir(root)
+                .args(&args)
+                .output()
+                .unwrap();
+            format!(
+                "$ svcc {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let mut report = String::new();
+        for s in services(&abs) {
+            let mut args = vec!["explain".to_string(), s];
+            args.extend(c.compile_args(dir));
+            report.push_str(&run(args));
+            report.push('\n');
+        }
+        let flows = schema::parse_flows(&c.flows).unwrap();
+        let topo = schema::parse_topology(c.topology.as_ref()).unwrap();
+        for f in flows.iter().filter_map(|f| for_mode(f, "nftables")) {
+            let Some(from) = client(&c, &topo, &f) else {
+                continue;
+            };
+            let mut args = vec!["trace".to_string()];
+            args.extend(c.compile_args(dir));
+            args.extend([
+                "--from".into(),
+                from,
+                "--to".into(),
+                f.to.to_string(),
+                "--port".into(),
+                f.port.to_string(),
+                "--proto".into(),
+                f.proto.to_string(),
+            ]);
+            if !topo.node_addresses.is_empty() {
+                let l: Vec<String> = topo.node_addresses.iter().map(|a| a.to_string()).collect();
+                args.extend(["--local-address".into(), l.join(",")]);
+            }
+            report.push_str(&run(args));
+            report.push('\n');
+        }
+        insta::assert_snapshot!(name, report);
+    }
+}
+
+/// Bad input: clear messages and exit statuses; objects with errors are left out and named.
+#[test]
+fn bad_input() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_svcc"))
+            .current_dir(root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let node = ["--hostname-override", "node-a", "--node-ip", "192.168.0.2"];
+    let case = "fixtures/cases/clusterip-basic/manifests.yaml";
+    // A Service that does not exist: exit 1 and the nearest name.
+    let mut a = vec!["explain", "default/wbe"];
+    a.extend(node);
+    a.push(case);
+    let out = run(&a);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no Service default/wbe in the input; did you mean default/web?"),
+        "{err}"
+    );
+    // A source that is not an address: exit 2.
+    let mut a = vec![
+        "trace",
+        "--from",
+        "pod-a",
+        "--to",
+        "172.30.0.10",
+        "--port",
+        "80",
+    ];
+    a.extend(node);
+    a.push(case);
+    let out = run(&a);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--from \"pod-a\": not an IP address or `node`"));
+    // A port out of range: clap refuses it (exit 2).
+    let mut a = vec![
+        "trace",
+        "--from",
+        "10.0.0.5",
+        "--to",
+        "172.30.0.10",
+        "--port",
+        "70000",
+    ];
+    a.extend(node);
+    a.push(case);
+    assert_eq!(run(&a).status.code(), Some(2));
+    // Mixed families.
+    let mut a = vec![
+        "trace",
+        "--from",
+        "fd00::5",
+        "--to",
+        "172.30.0.10",
+        "--port",
+        "80",
+    ];
+    a.extend(node);
+    a.push(case);
+    let out = run(&a);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different IP families"));
+    // Inputs with errors: the valid objects are traced, the others listed as left out.
+    let mut a = vec![
+        "trace",
+        "--from",
+        "10.0.0.5",
+        "--to",
+        "172.30.0.10",
+        "--port",
+        "80",
+        "--output",
+        "json",
+    ];
+    a.extend(node);
+    a.extend([case, "fixtures/bad/svc-name-uppercase.yaml"]);
+    let out = run(&a);
+    assert_eq!(out.status.code(), Some(0));
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t["verdict"], "dnat");
+    let left = t["left_out"].as_array().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].as_str().unwrap().starts_with(
+        "fixtures/bad/svc-name-uppercase.yaml:5:3: Service default/Web: metadata.name"
+    ));
+}
