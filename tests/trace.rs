@@ -340,85 +340,62 @@ fn trace_and_explain_text() {
 #[test]
 fn bad_input() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = |args: &[&str]| {
+    let case = "fixtures/cases/clusterip-basic/manifests.yaml";
+    let run = |args: &[&str], extra: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend([
+            "--hostname-override",
+            "node-a",
+            "--node-ip",
+            "192.168.0.2",
+            case,
+        ]);
+        a.extend(extra);
         Command::new(env!("CARGO_BIN_EXE_svcc"))
             .current_dir(root)
-            .args(args)
+            .args(&a)
             .output()
             .unwrap()
     };
-    let node = ["--hostname-override", "node-a", "--node-ip", "192.168.0.2"];
-    let case = "fixtures/cases/clusterip-basic/manifests.yaml";
+    let trace = |from: &str, port: &str, extra: &[&str]| {
+        run(
+            &[
+                "trace",
+                "--from",
+                from,
+                "--to",
+                "172.30.0.10",
+                "--port",
+                port,
+            ],
+            extra,
+        )
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
     // A Service that does not exist: exit 1 and the nearest name.
-    let mut a = vec!["explain", "default/wbe"];
-    a.extend(node);
-    a.push(case);
-    let out = run(&a);
+    let out = run(&["explain", "default/wbe"], &[]);
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no Service default/wbe in the input; did you mean default/web?"),
-        "{err}"
+        stderr(&out).contains("no Service default/wbe in the input; did you mean default/web?"),
+        "{}",
+        stderr(&out)
     );
     // A source that is not an address: exit 2.
-    let mut a = vec![
-        "trace",
-        "--from",
-        "pod-a",
-        "--to",
-        "172.30.0.10",
-        "--port",
-        "80",
-    ];
-    a.extend(node);
-    a.push(case);
-    let out = run(&a);
+    let out = trace("pod-a", "80", &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("--from \"pod-a\": not an IP address or `node`"));
+    assert!(stderr(&out).contains("--from \"pod-a\": not an IP address or `node`"));
     // A port out of range: clap refuses it (exit 2).
-    let mut a = vec![
-        "trace",
-        "--from",
-        "10.0.0.5",
-        "--to",
-        "172.30.0.10",
-        "--port",
-        "70000",
-    ];
-    a.extend(node);
-    a.push(case);
-    assert_eq!(run(&a).status.code(), Some(2));
+    assert_eq!(trace("10.0.0.5", "70000", &[]).status.code(), Some(2));
     // Mixed families.
-    let mut a = vec![
-        "trace",
-        "--from",
-        "fd00::5",
-        "--to",
-        "172.30.0.10",
-        "--port",
-        "80",
-    ];
-    a.extend(node);
-    a.push(case);
-    let out = run(&a);
+    let out = trace("fd00::5", "80", &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("different IP families"));
+    assert!(stderr(&out).contains("different IP families"));
     // Inputs with errors: the valid objects are traced, the others listed as left out.
-    let mut a = vec![
-        "trace",
-        "--from",
+    let out = trace(
         "10.0.0.5",
-        "--to",
-        "172.30.0.10",
-        "--port",
         "80",
-        "--output",
-        "json",
-    ];
-    a.extend(node);
-    a.extend([case, "fixtures/bad/svc-name-uppercase.yaml"]);
-    let out = run(&a);
+        &["--output", "json", "fixtures/bad/svc-name-uppercase.yaml"],
+    );
     assert_eq!(out.status.code(), Some(0));
     let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(t["verdict"], "dnat");

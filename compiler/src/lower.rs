@@ -168,18 +168,8 @@ pub(crate) fn lower_tracked<'a>(
     for (origin, obj) in objects {
         match obj {
             Object::Node(n) => {
-                let problems = node_problems(n);
-                if !problems.is_empty() {
-                    let name = n.metadata.name.clone().unwrap_or_default();
-                    for (path, m) in problems {
-                        diags.push(Diagnostic::at_field(
-                            Severity::Error,
-                            origin,
-                            Some(format!("Node {name}")),
-                            &path,
-                            m,
-                        ));
-                    }
+                let obj = format!("Node {}", n.metadata.name.as_deref().unwrap_or_default());
+                if report(diags, origin, &obj, node_problems(n)) {
                     continue;
                 }
                 if n.metadata.name.as_deref() == Some(settings.hostname.as_str()) {
@@ -196,15 +186,7 @@ pub(crate) fn lower_tracked<'a>(
                 match service_cidr_nets(sc) {
                     Ok(nets) => service_cidrs.extend(nets),
                     Err(problems) => {
-                        for (path, m) in problems {
-                            diags.push(Diagnostic::at_field(
-                                Severity::Error,
-                                origin,
-                                Some(format!("ServiceCIDR {name}")),
-                                &path,
-                                m,
-                            ));
-                        }
+                        report(diags, origin, &format!("ServiceCIDR {name}"), problems);
                     }
                 }
             }
@@ -466,16 +448,25 @@ pub(crate) fn port_backends(
     hostname: &str,
     zone: Option<&str>,
 ) -> Backends {
-    let port_eps: Vec<Ep> = eps
-        .get(&(port_name.to_string(), protocol))
+    let port_eps = port_endpoints(eps, port_name, protocol, fam);
+    categorize(&port_eps, policy, externally_accessible, hostname, zone)
+}
+
+/// The endpoints of one service port of one family, before categorisation.
+pub(crate) fn port_endpoints(
+    eps: &EpMap,
+    port_name: &str,
+    protocol: L4Proto,
+    fam: Family,
+) -> Vec<Ep> {
+    eps.get(&(port_name.to_string(), protocol))
         .map(|v| {
             v.iter()
                 .filter(|e| Family::of(&e.addr) == fam)
                 .cloned()
                 .collect()
         })
-        .unwrap_or_default();
-    categorize(&port_eps, policy, externally_accessible, hostname, zone)
+        .unwrap_or_default()
 }
 
 fn dedup_sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -1057,6 +1048,27 @@ fn parse_proto(p: Option<&str>) -> Result<L4Proto, String> {
     }
 }
 
+/// Reports each (field, message) problem of one object as an error; true if there was any
+/// (the object is then left out).
+fn report(
+    diags: &mut Vec<Diagnostic>,
+    origin: &Origin,
+    obj: &str,
+    problems: Vec<(Vec<PathSeg>, String)>,
+) -> bool {
+    let any = !problems.is_empty();
+    for (path, m) in problems {
+        diags.push(Diagnostic::at_field(
+            Severity::Error,
+            origin,
+            Some(obj.to_string()),
+            &path,
+            m,
+        ));
+    }
+    any
+}
+
 /// Problems of an EndpointSlice the API server would refuse, as (field, message):
 /// discovery/validation's `ValidateEndpointSlice` for the fields svcc reads, plus the
 /// `kubernetes.io/service-name` label value (`metav1validation.ValidateLabels`). Protocols
@@ -1320,17 +1332,7 @@ fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic
         if ignored_by_label(&es.metadata).is_some() {
             continue;
         }
-        let problems = slice_problems(es);
-        if !problems.is_empty() {
-            for (path, m) in problems {
-                diags.push(Diagnostic::at_field(
-                    Severity::Error,
-                    origin,
-                    Some(obj.clone()),
-                    &path,
-                    m,
-                ));
-            }
+        if report(diags, origin, &obj, slice_problems(es)) {
             continue;
         }
         let fam = match es.address_type.as_str() {
@@ -1540,17 +1542,7 @@ fn collect_legacy(origin: &Origin, ep: &Endpoints, diags: &mut Vec<Diagnostic>) 
         ep.metadata.name.clone().unwrap_or_default()
     );
     let mut map = EpMap::new();
-    let problems = legacy_problems(ep);
-    if !problems.is_empty() {
-        for (path, m) in problems {
-            diags.push(Diagnostic::at_field(
-                Severity::Error,
-                origin,
-                Some(obj.clone()),
-                &path,
-                m,
-            ));
-        }
+    if report(diags, origin, &obj, legacy_problems(ep)) {
         return map;
     }
     for (si, sub) in ep.subsets.clone().unwrap_or_default().iter().enumerate() {
@@ -1910,17 +1902,7 @@ pub(crate) fn orphan_slices(
             continue;
         }
         // A slice the API server would refuse is an error even without its Service.
-        let problems = slice_problems(es);
-        if !problems.is_empty() {
-            for (path, m) in problems {
-                diags.push(Diagnostic::at_field(
-                    Severity::Error,
-                    origin,
-                    Some(obj.clone()),
-                    &path,
-                    m,
-                ));
-            }
+        if report(diags, origin, &obj, slice_problems(es)) {
             continue;
         }
         // The Service is there but has no rules (headless, ExternalName, invalid): its own

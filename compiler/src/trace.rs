@@ -21,7 +21,7 @@ use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
 use crate::ir::{
     Backend, FamilyIr, FilterVerdict, FrontendKind, Ir, NodePortAddrs, PolicyChain, ServicePort,
 };
-use crate::lower::{self, Ep, SvcKey};
+use crate::lower::{self, SvcKey};
 use crate::manifest::{self, Object, Source};
 use crate::nft::model::{Family, L4Proto};
 
@@ -941,15 +941,7 @@ impl<'s> Model<'s> {
         let k = (sp.name.namespace.clone(), sp.name.name.clone());
         let (owned, map) = self.endpoints(&k);
         let fam = Family::of(&p.destination);
-        let eps: Vec<Ep> = map
-            .get(&(sp.name.port.clone(), sp.protocol))
-            .map(|v| {
-                v.iter()
-                    .filter(|e| Family::of(&e.addr) == fam)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let eps = lower::port_endpoints(&map, &sp.name.port, sp.protocol, fam);
         let node = self.settings.hostname.as_str();
         let zone = self.node_zone();
         let topo = lower::topology_mode(&eps, node, zone.as_deref());
@@ -1173,15 +1165,7 @@ impl<'s> Model<'s> {
                         from,
                     });
                 }
-                let eps: Vec<Ep> = map
-                    .get(&(sp.name.port.clone(), sp.protocol))
-                    .map(|v| {
-                        v.iter()
-                            .filter(|e| Family::of(&e.addr) == fir.family)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let eps = lower::port_endpoints(&map, &sp.name.port, sp.protocol, fir.family);
                 let endpoints = eps
                     .iter()
                     .map(|e| ExplainEndpoint {
