@@ -74,6 +74,7 @@ pub struct TraceCmd {
     /// The protocol.
     #[arg(long, value_enum, default_value_t = ProtoFlag::Tcp)]
     pub proto: ProtoFlag,
+    /// Text for people, JSON for scripts (a stable schema: see below and the README).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Manifest files or directories; `-` for stdin.
@@ -97,6 +98,7 @@ flags.";
 pub struct ExplainCmd {
     #[command(flatten)]
     pub node: NodeFlags,
+    /// Text for people, JSON for scripts (a stable schema: see below and the README).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// The Service: `namespace/name` (or `name` in namespace default).
