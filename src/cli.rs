@@ -205,7 +205,7 @@ impl NodeFlags {
     pub fn settings(&self) -> Result<NodeSettings, Vec<Diagnostic>> {
         let mut s = NodeSettings::default();
         if let Some(path) = &self.config {
-            let src = inputs::read_file(path).map_err(|e| input_error(format!("{e:#}")))?;
+            let src = inputs::read_source(path).map_err(|d| vec![d])?;
             let f = parse_kube_proxy_config(&src.name, &src.text).map_err(|mut d| {
                 svcc_compiler::manifest::locate(&mut d, std::slice::from_ref(&src));
                 d
@@ -286,11 +286,28 @@ impl NodeFlags {
                 return Ok(Err(ExitCode::from(EXIT_INPUT)));
             }
         };
-        let sources = inputs::read_sources(inputs_)?;
+        // A file that cannot be read is an input error like an invalid object: reported,
+        // and without --keep-going nothing is written; the other files are compiled either
+        // way, so that every error is reported at once.
+        let (sources, read_errors) = inputs::read_sources(inputs_);
         let opts = CompileOptions {
             keep_going: self.keep_going,
         };
-        let lowered = svcc_compiler::lower_sources(sources, &settings, opts);
+        let lowered = match svcc_compiler::lower_sources(sources, &settings, opts) {
+            Err(mut e) => {
+                e.0.splice(0..0, read_errors);
+                Err(e)
+            }
+            Ok(l) if !self.keep_going && read_errors.iter().any(Diagnostic::is_error) => {
+                let mut all = read_errors;
+                all.extend(l.build().diagnostics); // the rest's warnings
+                Err(svcc_compiler::InputErrors(all))
+            }
+            Ok(l) => {
+                print_diags(&read_errors);
+                Ok(l)
+            }
+        };
         // What parse and lower freed goes back to the system before the model is built.
         match lowered.map(|l| {
             crate::release_free_memory();

@@ -68,6 +68,51 @@ impl Parsed {
     }
 }
 
+/// A file's bytes as a [`Source`]; text that is not UTF-8 is one error naming the file, the
+/// byte offset of the first bad byte and its line and column (1-based; the column counts
+/// characters, as the YAML parser's do).
+pub fn decode(name: &str, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
+    let e = match String::from_utf8(bytes) {
+        Ok(text) => {
+            return Ok(Source {
+                name: name.to_string(),
+                text,
+            })
+        }
+        Err(e) => e,
+    };
+    let bytes = e.as_bytes();
+    let at = e.utf8_error().valid_up_to();
+    // The prefix up to `at` is valid UTF-8.
+    let good = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line = good.matches('\n').count() + 1;
+    let col = good[good.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    let bad: Vec<String> = bytes[at..]
+        .iter()
+        .take(e.utf8_error().error_len().unwrap_or(bytes.len() - at).min(4))
+        .map(|b| format!("0x{b:02x}"))
+        .collect();
+    let hint = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        " (the file starts with a UTF-16 byte-order mark: convert it to UTF-8)"
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        " (the file looks gzip-compressed)"
+    } else if e.utf8_error().error_len().is_none() {
+        " (a character cut off at the end of the file: truncated?)"
+    } else {
+        ""
+    };
+    let mut d = Diagnostic::error(
+        name,
+        format!(
+            "not UTF-8 text: invalid byte {} at byte offset {at}{hint}; the file is not read",
+            bad.join(" ")
+        ),
+    );
+    d.line = Some(line);
+    d.column = Some(col);
+    Err(d)
+}
+
 /// Parses every source; problems go to `diags`, good objects to the result.
 pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed {
     parse_sources_with(sources, diags, false)
