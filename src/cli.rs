@@ -38,6 +38,7 @@ pub enum Command {
     #[command(after_help = APPLY_EXAMPLES)]
     Apply(ApplyCmd),
     /// Show what `apply` would change, as an nft script (nothing is applied).
+    #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffCmd),
     /// Remove svcc's tables (or, with --backend iptables, its chains and jumps), nothing else.
     Cleanup(CleanupCmd),
@@ -74,6 +75,19 @@ pub struct ApplyCmd {
     #[arg(value_name = "MANIFEST", required_unless_present = "ruleset")]
     pub inputs: Vec<PathBuf>,
 }
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  svcc diff --config kp.yaml --node-ip 192.168.0.2 cluster.yaml   # the nft statements apply would send
+  svcc diff --node-ip 192.168.0.2 cluster.yaml >/dev/null || echo out of date
+
+Exit status (as diff(1) and kubectl diff): 0 the kernel already holds this ruleset; 1 there are
+differences (shown; also when svcc's tables would be replaced as a whole, or cannot be listed);
+2 input errors (bad manifests, flags or config; nothing compared); 3 other failures (netlink).";
+
+/// `svcc diff`'s exit status for a failure other than an input error (0 and 1 are taken by
+/// \"same\" and \"different\", 2 by input errors).
+const EXIT_DIFF_TROUBLE: u8 = 3;
 
 #[derive(Args, Debug)]
 pub struct DiffCmd {
@@ -517,7 +531,22 @@ fn apply_nft(rs: svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<Ex
     }
 }
 
+/// `svcc diff`: exit status as diff(1) (see `DIFF_EXAMPLES`); no failure may exit 1, which
+/// means "differences".
 fn diff(c: DiffCmd) -> Result<ExitCode> {
+    match diff_inner(c) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("svcc: {e:#}");
+            Ok(ExitCode::from(EXIT_DIFF_TROUBLE))
+        }
+    }
+}
+
+/// Exit status 1: there are differences.
+const EXIT_DIFFERENT: u8 = 1;
+
+fn diff_inner(c: DiffCmd) -> Result<ExitCode> {
     let (settings, out) = match c.node.compile(&c.inputs)? {
         Ok(o) => o,
         Err(code) => return Ok(code),
@@ -542,7 +571,11 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
                 eprintln!(
                     "svcc: {changes} statement(s) to bring the kernel's svcc tables up to date"
                 );
-                return Ok(ExitCode::SUCCESS);
+                return Ok(if changes == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_DIFFERENT)
+                });
             }
             Err(why) => eprintln!("svcc: apply would replace svcc's tables as a whole ({why})"),
         }
@@ -558,7 +591,13 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
         .context("computing the difference")?;
     print!("{}", r.script);
     eprintln!("{}", report_line(&r));
-    Ok(ExitCode::SUCCESS)
+    // A full replace (the kernel's tables could not be compared statement by statement):
+    // counted as a difference, as it would be sent.
+    Ok(if r.messages == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIFFERENT)
+    })
 }
 
 /// svcc's tables as the kernel lists them (`nft list table`), normalised like a compiled model;
