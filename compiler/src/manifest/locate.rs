@@ -145,6 +145,109 @@ impl MarkedEventReceiver for Recv<'_> {
     }
 }
 
+/// Where document `doc` starts (its first event: `---` or its first node), 1-based.
+pub fn document_start(text: &str, doc: usize) -> Option<(usize, usize)> {
+    struct R {
+        doc: Option<usize>,
+        want: usize,
+        found: Option<(usize, usize)>,
+    }
+    impl MarkedEventReceiver for R {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::DocumentStart = ev {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+                if self.doc == Some(self.want) && self.found.is_none() {
+                    self.found = Some((mark.line(), mark.col() + 1));
+                }
+            }
+        }
+    }
+    let mut r = R {
+        doc: None,
+        want: doc,
+        found: None,
+    };
+    let _ = Parser::new_from_str(text).load(&mut r, true);
+    r.found
+}
+
+/// serde_yaml_ng refuses a document whose aliases expand too much ("repetition limit
+/// exceeded": more alias dereferences than 100 × the document's events — the "billion
+/// laughs" attack) without saying where. This replays document `doc` and counts the
+/// dereferences as serde does (an alias costs 1 plus those of the aliases inside the node it
+/// names, recursively): the answer is the alias at which the count passes the limit, or, if
+/// the count never does (serde also dereferences while skipping, so the two can differ a
+/// little), the alias that costs the most. Returns its (line, column, dereferences).
+pub fn alias_overflow(text: &str, doc: usize) -> Option<(usize, usize, u64)> {
+    struct R {
+        doc: Option<usize>,
+        want: usize,
+        events: u64,
+        /// Dereferences each anchor's node costs when an alias names it.
+        cost: std::collections::HashMap<usize, u64>,
+        /// Containers open: their anchor (0: none) and the dereferences inside them so far.
+        open: Vec<(usize, u64)>,
+        total: u64,
+        /// Each alias: its position, its cost, the running total after it.
+        aliases: Vec<(Marker, u64, u64)>,
+    }
+    impl R {
+        fn alias(&mut self, id: usize, mark: Marker) {
+            let c = 1u64.saturating_add(self.cost.get(&id).copied().unwrap_or(0));
+            for o in &mut self.open {
+                o.1 = o.1.saturating_add(c);
+            }
+            self.total = self.total.saturating_add(c);
+            self.aliases.push((mark, c, self.total));
+        }
+    }
+    impl MarkedEventReceiver for R {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::DocumentStart = ev {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+            }
+            if self.doc != Some(self.want) {
+                return;
+            }
+            self.events += 1;
+            match ev {
+                Event::Alias(id) => self.alias(id, mark),
+                Event::Scalar(_, _, id, _) if id != 0 => {
+                    self.cost.insert(id, 0);
+                }
+                Event::MappingStart(id, _) | Event::SequenceStart(id, _) => {
+                    self.open.push((id, 0));
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    if let Some((id, c)) = self.open.pop() {
+                        if id != 0 {
+                            self.cost.insert(id, c);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut r = R {
+        doc: None,
+        want: doc,
+        events: 0,
+        cost: Default::default(),
+        open: Vec::new(),
+        total: 0,
+        aliases: Vec::new(),
+    };
+    let _ = Parser::new_from_str(text).load(&mut r, true);
+    let limit = r.events.saturating_mul(100);
+    let hit = r
+        .aliases
+        .iter()
+        .find(|a| a.2 > limit)
+        .or_else(|| r.aliases.iter().max_by_key(|a| a.1))?;
+    Some((hit.0.line(), hit.0.col() + 1, hit.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +268,22 @@ mod tests {
             ],
         );
         assert_eq!(got, vec![Some((8, 5)), Some((4, 0)), Some((1, 1))]);
+    }
+
+    #[test]
+    fn finds_the_alias_that_explodes() {
+        let mut t = String::from("a: 1\n---\nk: v\nx:\n  a: &a [1, 2, 3, 4, 5, 6, 7, 8]\n");
+        let mut prev = 'a';
+        for n in ['b', 'c', 'd', 'e', 'f'] {
+            t.push_str(&format!("  {n}: &{n} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+            prev = n;
+        }
+        // Line 10 (`f`) holds the alias that passes 100 × the document's events.
+        let (line, col, cost) = alias_overflow(&t, 1).unwrap();
+        assert_eq!((line, col), (10, 10), "{t}");
+        assert!(cost > 4000, "{cost}");
+        assert_eq!(alias_overflow("a: 1\n", 0), None);
+        assert_eq!(document_start(&t, 1), Some((2, 1)));
     }
 
     #[test]

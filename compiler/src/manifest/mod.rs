@@ -127,6 +127,43 @@ fn parse_sources_with(sources: &[Source], diags: &mut Vec<Diagnostic>, full: boo
 }
 
 fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
+    let before = (out.objects.len(), out.skipped.len(), diags.len());
+    parse_source_docs(src, out, diags);
+    if before == (out.objects.len(), out.skipped.len(), diags.len()) && is_blank(&src.text) {
+        // Valid YAML, but most likely not what was meant (a `kubectl get … > f` that failed):
+        // said, not refused (an empty List, `items: []`, is not blank and says nothing).
+        let mut d = Diagnostic::error(
+            &src.name,
+            "no Kubernetes objects: the file is empty (or only comments, blank lines and `---`)",
+        );
+        d.severity = Severity::Warning;
+        diags.push(d);
+    }
+}
+
+/// `… at position N` (a byte offset) → the 1-based line and column (in characters) of byte N.
+fn reader_error_position(msg: &str, text: &str) -> Option<(usize, usize)> {
+    let n: usize = msg.rsplit_once(" at position ")?.1.trim().parse().ok()?;
+    let before = text.get(..n.min(text.len()))?;
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    Some((line, col))
+}
+
+/// Only blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        let l = l
+            .strip_prefix("---")
+            .or_else(|| l.strip_prefix("..."))
+            .unwrap_or(l)
+            .trim_start();
+        l.is_empty() || l.starts_with('#')
+    })
+}
+
+fn parse_source_docs(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
     let file: Arc<str> = Arc::from(src.name.as_str());
     if let Some(items) = split::list_items(&src.text) {
         if let Some(parsed) = split::parse_items(items, &file, out.full) {
@@ -171,13 +208,36 @@ fn parse_document_slowly(
     let value = match Value::deserialize(de) {
         Ok(v) => v,
         Err(e) => {
-            let mut d = Diagnostic::error(
-                &src.name,
-                format!("cannot parse YAML/JSON: {}", strip_location(&e)),
-            );
-            if let Some(loc) = e.location() {
+            let msg = strip_location(&e);
+            let mut d = Diagnostic::error(&src.name, format!("cannot parse YAML/JSON: {msg}"));
+            if let Some((l, c)) = reader_error_position(&msg, &src.text) {
+                // libyaml's reader errors (control characters, bad encodings) carry a byte
+                // offset in the message and no line (their location says 1:1).
+                d.line = Some(l);
+                d.column = Some(c);
+            } else if let Some(loc) = e.location() {
+                // Syntax errors (JSON's too: it is read as YAML), the recursion limit (deep
+                // nesting), duplicate keys: libyaml's position, from serde_yaml_ng.
                 d.line = Some(loc.line());
                 d.column = Some(loc.column());
+            } else if msg == "repetition limit exceeded" {
+                // An alias bomb: serde_yaml_ng says no where; the replay finds the alias.
+                if let Some((l, c, n)) = locate::alias_overflow(&src.text, doc) {
+                    d.line = Some(l);
+                    d.column = Some(c);
+                    d.message = format!(
+                        "cannot parse YAML/JSON: repetition limit exceeded: this alias expands \
+                         {n} aliases (YAML anchors and aliases expanding exponentially, \
+                         \"billion laughs\"); the rest of the file is not read"
+                    );
+                }
+            }
+            if d.line.is_none() {
+                // Any other error without a position: the start of its document.
+                if let Some((l, c)) = locate::document_start(&src.text, doc) {
+                    d.line = Some(l);
+                    d.column = Some(c);
+                }
             }
             diags.push(d);
             // The parser cannot resynchronise after a syntax error: the rest of the file is lost.
