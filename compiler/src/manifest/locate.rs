@@ -145,6 +145,70 @@ impl MarkedEventReceiver for Recv<'_> {
     }
 }
 
+/// serde_yaml_ng places a duplicate-key error at the start of the mapping; the second
+/// occurrence is more useful. The replay finds, in document `doc`, the first mapping in which
+/// the scalar key `key` appears twice, and returns the second occurrence (1-based).
+pub fn duplicate_key(text: &str, doc: usize, key: &str) -> Option<(usize, usize)> {
+    struct R<'k> {
+        doc: Option<usize>,
+        want: usize,
+        key: &'k str,
+        /// Per open container: Some(keys seen, next node is a key) for mappings.
+        open: Vec<Option<(bool, bool)>>,
+        found: Option<(usize, usize)>,
+    }
+    impl R<'_> {
+        /// A node starts (scalar: `s`): a key or a value of the innermost mapping.
+        fn node(&mut self, s: Option<&str>, mark: Marker) {
+            if let Some(Some((seen, at_key))) = self.open.last_mut() {
+                if *at_key && s == Some(self.key) {
+                    if *seen && self.found.is_none() {
+                        self.found = Some((mark.line(), mark.col() + 1));
+                    }
+                    *seen = true;
+                }
+                *at_key = !*at_key;
+            }
+        }
+    }
+    impl MarkedEventReceiver for R<'_> {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::DocumentStart = ev {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+                self.open.clear();
+            }
+            if self.doc != Some(self.want) || self.found.is_some() {
+                return;
+            }
+            match ev {
+                Event::Scalar(s, ..) => self.node(Some(&s), mark),
+                Event::Alias(_) => self.node(None, mark),
+                Event::MappingStart(..) => {
+                    self.node(None, mark);
+                    self.open.push(Some((false, true)));
+                }
+                Event::SequenceStart(..) => {
+                    self.node(None, mark);
+                    self.open.push(None);
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    self.open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut r = R {
+        doc: None,
+        want: doc,
+        key,
+        open: Vec::new(),
+        found: None,
+    };
+    let _ = Parser::new_from_str(text).load(&mut r, true);
+    r.found
+}
+
 /// Where document `doc` starts (its first event: `---` or its first node), 1-based.
 pub fn document_start(text: &str, doc: usize) -> Option<(usize, usize)> {
     struct R {
@@ -284,6 +348,16 @@ mod tests {
         assert!(cost > 4000, "{cost}");
         assert_eq!(alias_overflow("a: 1\n", 0), None);
         assert_eq!(document_start(&t, 1), Some((2, 1)));
+    }
+
+    #[test]
+    fn finds_the_second_of_two_equal_keys() {
+        let t = "a: {b: 1}\n---\nspec:\n  x: {b: 1}\n  b: 2\n  ports: [{b: 1, b: 2}]\n  b: 3\n";
+        // The first mapping (in the text) that repeats it: the flow one.
+        assert_eq!(duplicate_key(t, 1, "b"), Some((6, 18)));
+        assert_eq!(duplicate_key(t, 0, "b"), None);
+        let t = "spec:\n  x: {b: 1}\n  b: 2\n  c: [b, b]\n  b: 3\n";
+        assert_eq!(duplicate_key(t, 0, "b"), Some((5, 3)));
     }
 
     #[test]

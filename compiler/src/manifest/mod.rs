@@ -5,6 +5,7 @@
 //! not use are counted and listed, not rejected: users pipe `kubectl get all`.
 
 mod compact;
+mod nodup;
 pub mod locate;
 mod split;
 mod stream;
@@ -230,6 +231,16 @@ fn parse_document_slowly(
                          {n} aliases (YAML anchors and aliases expanding exponentially, \
                          \"billion laughs\"); the rest of the file is not read"
                     );
+                }
+            }
+            if let Some(key) = msg
+                .split_once("duplicate entry with key \"")
+                .and_then(|(_, k)| k.strip_suffix('"'))
+            {
+                // serde_yaml_ng's position is the mapping's start: point at the second key.
+                if let Some((l, c)) = locate::duplicate_key(&src.text, doc, key) {
+                    d.line = Some(l);
+                    d.column = Some(c);
                 }
             }
             if d.line.is_none() {
