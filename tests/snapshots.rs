@@ -178,6 +178,12 @@ fn bad_inputs() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
+    // Snapshots are named by the file's stem: two files may not share one.
+    let mut stems: Vec<_> = files.iter().map(|f| f.file_stem().unwrap()).collect();
+    stems.sort();
+    if let Some(w) = stems.windows(2).find(|w| w[0] == w[1]) {
+        panic!("two files of fixtures/bad/ named {:?}.*: rename one", w[0]);
+    }
     for f in files {
         let name = f.file_stem().unwrap().to_str().unwrap().to_string();
         let relf = rel(&f);
