@@ -170,6 +170,8 @@ fn io_error(p: &Path, e: &std::io::Error) -> Diagnostic {
 }
 
 /// Reads one file; an error is one diagnostic naming it (for text that is not UTF-8: where).
+// The error is the cold path, once per bad file: not worth a box.
+#[allow(clippy::result_large_err)]
 pub fn read_source(p: &Path) -> Result<Source, Diagnostic> {
     let bytes = std::fs::read(p).map_err(|e| io_error(p, &e))?;
     decode(&p.display().to_string(), bytes)

@@ -179,7 +179,11 @@ fn unreadable_files_do_not_stop_the_rest() {
     std::fs::create_dir_all(d.join("sub")).unwrap();
     std::fs::copy(root().join(COMPANION), d.join("sub/valid.yaml")).unwrap();
     // Not UTF-8.
-    std::fs::write(d.join("latin1.yaml"), b"apiVersion: v1\nkind: Service # caf\xe9\n").unwrap();
+    std::fs::write(
+        d.join("latin1.yaml"),
+        b"apiVersion: v1\nkind: Service # caf\xe9\n",
+    )
+    .unwrap();
     // Permission denied: mode 000. Root ignores modes, so svcc runs without
     // CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH (see `svcc`); as another user the mode suffices.
     let locked = d.join("locked.yaml");
@@ -212,7 +216,10 @@ fn unreadable_files_do_not_stop_the_rest() {
         assert_eq!(n.len(), 1, "one diagnostic for {file}: {stderr}");
         assert!(n[0].contains(what), "{file}: {what}: {stderr}");
     };
-    one("latin1.yaml", "2:20: not UTF-8 text: invalid byte 0xe9 at byte offset 34");
+    one(
+        "latin1.yaml",
+        "2:20: not UTF-8 text: invalid byte 0xe9 at byte offset 34",
+    );
     if is_root() {
         one("locked.yaml", "cannot read: Permission denied");
     }
@@ -246,7 +253,9 @@ fn unreadable_files_do_not_stop_the_rest() {
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "previous\n");
     let errors = if is_root() { 4 } else { 3 };
     assert!(
-        stderr.contains(&format!("svcc: {errors} error(s) in the input; nothing written")),
+        stderr.contains(&format!(
+            "svcc: {errors} error(s) in the input; nothing written"
+        )),
         "{stderr}"
     );
 

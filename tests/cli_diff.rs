@@ -109,9 +109,15 @@ fn diff_exit_status() {
     assert_eq!(code, Some(2), "invalid object: {out}");
     let (code, out) = run("diff", &["fixtures/does-not-exist.yaml"]);
     assert_eq!(code, Some(2), "missing file: {out}");
-    let (code, out) = run("diff", &["--backend", "iptables", "fixtures/example/cluster.yaml"]);
+    let (code, out) = run(
+        "diff",
+        &["--backend", "iptables", "fixtures/example/cluster.yaml"],
+    );
     assert_eq!(code, Some(2), "iptables backend: {out}");
-    let (code, out) = run("diff", &["--node-ip", "banana", "fixtures/example/cluster.yaml"]);
+    let (code, out) = run(
+        "diff",
+        &["--node-ip", "banana", "fixtures/example/cluster.yaml"],
+    );
     assert_eq!(code, Some(2), "bad flag value: {out}");
     let (code, out) = status(&ns.svcc(&["diff", "--no-such-flag", "x.yaml"]));
     assert_eq!(code, Some(2), "unknown flag (clap): {out}");
@@ -131,7 +137,9 @@ fn diff_help_documents_the_exit_status() {
         .unwrap();
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(
-        help.contains("Exit status") && help.contains("1 there are") && help.contains("kubectl diff"),
+        help.contains("Exit status")
+            && help.contains("1 there are")
+            && help.contains("kubectl diff"),
         "{help}"
     );
 }

@@ -5,8 +5,8 @@
 //! not use are counted and listed, not rejected: users pipe `kubectl get all`.
 
 mod compact;
-mod nodup;
 pub mod locate;
+mod nodup;
 mod split;
 mod stream;
 
@@ -72,6 +72,8 @@ impl Parsed {
 /// A file's bytes as a [`Source`]; text that is not UTF-8 is one error naming the file, the
 /// byte offset of the first bad byte and its line and column (1-based; the column counts
 /// characters, as the YAML parser's do).
+// The error is the cold path, once per bad file: not worth a box.
+#[allow(clippy::result_large_err)]
 pub fn decode(name: &str, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
     let e = match String::from_utf8(bytes) {
         Ok(text) => {
@@ -87,10 +89,18 @@ pub fn decode(name: &str, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
     // The prefix up to `at` is valid UTF-8.
     let good = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
     let line = good.matches('\n').count() + 1;
-    let col = good[good.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    let col = good[good.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
     let bad: Vec<String> = bytes[at..]
         .iter()
-        .take(e.utf8_error().error_len().unwrap_or(bytes.len() - at).min(4))
+        .take(
+            e.utf8_error()
+                .error_len()
+                .unwrap_or(bytes.len() - at)
+                .min(4),
+        )
         .map(|b| format!("0x{b:02x}"))
         .collect();
     let hint = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
@@ -147,7 +157,10 @@ fn reader_error_position(msg: &str, text: &str) -> Option<(usize, usize)> {
     let n: usize = msg.rsplit_once(" at position ")?.1.trim().parse().ok()?;
     let before = text.get(..n.min(text.len()))?;
     let line = before.matches('\n').count() + 1;
-    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
     Some((line, col))
 }
 

@@ -366,15 +366,26 @@ mod tests {
             ["error: f.yaml:10:3: cannot parse YAML/JSON: spec: duplicate entry with key \"clusterIP\""]
         );
         // Deeper, in an annotation map, and in an item of a kubectl List (the parallel path).
-        let deep = SVC.replace("  namespace: n\n", "  namespace: n\n  labels: {x: a, x: b}\n");
+        let deep = SVC.replace(
+            "  namespace: n\n",
+            "  namespace: n\n  labels: {x: a, x: b}\n",
+        );
         assert_eq!(errors(&deep).len(), 1, "{:?}", errors(&deep));
-        assert!(errors(&deep)[0].contains("f.yaml:6:"), "{:?}", errors(&deep));
+        assert!(
+            errors(&deep)[0].contains("f.yaml:6:"),
+            "{:?}",
+            errors(&deep)
+        );
         let item: String = SVC.lines().map(|l| format!("  {l}\n")).collect();
-        let item = format!("-{}", &item[1..]).replace("- port: 80\n", "- port: 80\n      port: 81\n");
+        let item =
+            format!("-{}", &item[1..]).replace("- port: 80\n", "- port: 80\n      port: 81\n");
         let list = format!("apiVersion: v1\nitems:\n{item}kind: List\n");
         let e = errors(&list);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].contains("f.yaml:12:7:") && e[0].contains("\"port\""), "{e:?}");
+        assert!(
+            e[0].contains("f.yaml:12:7:") && e[0].contains("\"port\""),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -392,7 +403,10 @@ mod tests {
         for t in ["", "\n\n", "# nothing\n---\n...\n"] {
             let e = errors(t);
             assert_eq!(e.len(), 1, "{t:?}");
-            assert!(e[0].starts_with("warning: f.yaml: no Kubernetes objects"), "{e:?}");
+            assert!(
+                e[0].starts_with("warning: f.yaml: no Kubernetes objects"),
+                "{e:?}"
+            );
         }
         assert!(errors("apiVersion: v1\nkind: List\nitems: []\n").is_empty());
     }

@@ -448,10 +448,7 @@ impl Inputs {
                 self.forget(p, session, ch);
                 return;
             }
-            Err(e) => Err(Diagnostic::error(
-                &name_of(p),
-                format!("cannot read: {e}"),
-            )),
+            Err(e) => Err(Diagnostic::error(&name_of(p), format!("cannot read: {e}"))),
         };
         self.known.insert(p.to_path_buf(), stamp);
         match source {
@@ -535,7 +532,11 @@ mod tests {
 
         // Fixed (a new inode, as a rename into place): read, the error is gone.
         let tmp = dir.join(".bad.tmp");
-        std::fs::write(&tmp, SVC.replace("name: a", "name: b").replace(".1,", ".2,")).unwrap();
+        std::fs::write(
+            &tmp,
+            SVC.replace("name: a", "name: b").replace(".1,", ".2,"),
+        )
+        .unwrap();
         std::fs::rename(&tmp, &bad).unwrap();
         let ch = inputs.refresh(&mut session, now, true);
         assert!(ch.changed && ch.files_read == 1);
