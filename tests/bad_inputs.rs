@@ -22,11 +22,15 @@ const COMPANION: &str = "fixtures/bad-companion/valid.yaml";
 /// What the companion's Service compiles to (the element comment of its ClusterIP).
 const SURVIVOR: &str = "companion/survivor:https";
 
-/// Node settings (a KubeProxyConfiguration), not manifests: tests/snapshots.rs passes these as
-/// `--config`. A bad config is a problem of the node, not of one object: `--keep-going` does not
-/// apply (exit 2, nothing compiled), so for them the companion must NOT be compiled.
-fn is_node_settings(name: &str) -> bool {
+/// Node settings (a KubeProxyConfiguration, by name or content), not manifests:
+/// tests/snapshots.rs passes these as `--config` (same rule). A bad config is a problem of the
+/// node, not of one object: `--keep-going` does not apply (exit 2, nothing compiled), so for
+/// them the companion must NOT be compiled.
+fn is_node_settings(f: &Path) -> bool {
+    let name = f.file_name().unwrap().to_string_lossy();
     name.contains("kube-proxy-config")
+        || std::fs::read(f)
+            .is_ok_and(|b| b.windows(28).any(|w| w == b"kind: KubeProxyConfiguration"))
 }
 
 fn svcc(args: &[&str], keep_caps: bool) -> Output {
@@ -98,7 +102,7 @@ fn every_bad_file_leaves_the_rest_compiled() {
         let name = f.file_name().unwrap().to_str().unwrap().to_string();
         let rel = format!("fixtures/bad/{name}");
         let mut args = vec!["compile", "--keep-going", "--hostname-override", "node-a"];
-        if is_node_settings(&name) {
+        if is_node_settings(f) {
             args.extend(["--config", &rel, COMPANION]);
         } else {
             args.extend(["--node-ip", "192.168.0.2", &rel, COMPANION]);
@@ -106,7 +110,7 @@ fn every_bad_file_leaves_the_rest_compiled() {
         let out = svcc(&args, true);
         let (stdout, stderr) = text(&out);
         let named = naming(&stderr, &rel);
-        let problem = if is_node_settings(&name) {
+        let problem = if is_node_settings(f) {
             // Exception: node settings are not objects (see is_node_settings).
             if out.status.code() != Some(2) {
                 Some(format!("exit status {:?}, expected 2", out.status.code()))
