@@ -240,9 +240,9 @@ fn parse_document_slowly(
                     d.line = Some(l);
                     d.column = Some(c);
                     d.message = format!(
-                        "cannot parse YAML/JSON: repetition limit exceeded: this alias expands \
-                         {n} aliases (YAML anchors and aliases expanding exponentially, \
-                         \"billion laughs\"); the rest of the file is not read"
+                        "cannot parse YAML/JSON: repetition limit exceeded: aliases of aliases \
+                         expand exponentially (\"billion laughs\"); this one alone stands for \
+                         {n} alias expansions"
                     );
                 }
             }
@@ -263,9 +263,14 @@ fn parse_document_slowly(
                     d.column = Some(c);
                 }
             }
+            // A duplicate key and the recursion and repetition limits are serde_yaml_ng's
+            // checks on a document that parsed: the next documents are readable. After a
+            // syntax error the parser cannot resynchronise: the rest of the file is lost.
+            let document_only = msg.contains("duplicate entry with key")
+                || msg.starts_with("recursion limit exceeded")
+                || msg.starts_with("repetition limit exceeded");
             diags.push(d);
-            // The parser cannot resynchronise after a syntax error: the rest of the file is lost.
-            return false;
+            return document_only;
         }
     };
     if !value.is_null() {

@@ -389,6 +389,23 @@ mod tests {
     }
 
     #[test]
+    fn a_document_with_a_repeated_key_leaves_the_next_documents_readable() {
+        let text = format!(
+            "{SVC}  clusterIP: 10.96.0.2\n---\n{}",
+            SVC.replace("name: a", "name: b")
+        );
+        let mut diags = Vec::new();
+        let src = Source {
+            name: "f.yaml".into(),
+            text,
+        };
+        let parsed = parse_sources(std::slice::from_ref(&src), &mut diags);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(parsed.objects.len(), 1, "the second document is read");
+        assert_eq!(parsed.objects[0].0.doc, 1);
+    }
+
+    #[test]
     fn bad_utf8_names_its_offset_line_and_column() {
         let d = decode("f.yaml", b"a: 1\nb: caf\xc3\xa9 \xff\n".to_vec()).unwrap_err();
         assert_eq!(
