@@ -79,7 +79,7 @@ pub struct ApplyCmd {
 const DIFF_EXAMPLES: &str = "\
 Examples:
   svcc diff --config kp.yaml --node-ip 192.168.0.2 cluster.yaml   # the nft statements apply would send
-  svcc diff --node-ip 192.168.0.2 cluster.yaml >/dev/null || echo out of date
+  svcc diff --node-ip 192.168.0.2 cluster.yaml >/dev/null; [ $? = 1 ] && echo out of date
 
 Exit status (as diff(1) and kubectl diff): 0 the kernel already holds this ruleset; 1 there are
 differences (shown; also when svcc's tables would be replaced as a whole, or cannot be listed);

@@ -438,7 +438,9 @@ impl Inputs {
         ch: &mut Change,
     ) {
         let stamp = Stamp::of(m);
-        if !force && self.known.get(p) == Some(&stamp) {
+        // A file that could not be read is tried again at every look (its stamp need not change
+        // when it becomes readable: a transient I/O error, a permission fixed elsewhere).
+        if !force && self.known.get(p) == Some(&stamp) && !self.unreadable.contains_key(p) {
             return;
         }
         let source = match std::fs::read(p) {
