@@ -40,6 +40,7 @@ pub enum Command {
     #[command(after_help = APPLY_EXAMPLES)]
     Apply(ApplyCmd),
     /// Show what `apply` would change, as an nft script (nothing is applied).
+    #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffCmd),
     /// Remove svcc's tables (or, with --backend iptables, its chains and jumps), nothing else.
     Cleanup(CleanupCmd),
@@ -83,6 +84,19 @@ pub struct ApplyCmd {
     #[arg(value_name = "MANIFEST", required_unless_present = "ruleset")]
     pub inputs: Vec<PathBuf>,
 }
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  svcc diff --config kp.yaml --node-ip 192.168.0.2 cluster.yaml   # the nft statements apply would send
+  svcc diff --node-ip 192.168.0.2 cluster.yaml >/dev/null; [ $? = 1 ] && echo out of date
+
+Exit status (as diff(1) and kubectl diff): 0 the kernel already holds this ruleset; 1 there are
+differences (shown; also when svcc's tables would be replaced as a whole, or cannot be listed);
+2 input errors (bad manifests, flags or config; nothing compared); 3 other failures (netlink).";
+
+/// `svcc diff`'s exit status for a failure other than an input error (0 and 1 are taken by
+/// \"same\" and \"different\", 2 by input errors).
+const EXIT_DIFF_TROUBLE: u8 = 3;
 
 #[derive(Args, Debug)]
 pub struct DiffCmd {
@@ -228,7 +242,7 @@ impl NodeFlags {
             BackendFlag::Iptables => Backend::Iptables,
         });
         if let Some(path) = &self.config {
-            let src = inputs::read_file(path).map_err(|e| input_error(format!("{e:#}")))?;
+            let src = inputs::read_source(path).map_err(|d| vec![d])?;
             let f = parse_kube_proxy_config(&src.name, &src.text).map_err(|mut d| {
                 svcc_compiler::manifest::locate(&mut d, std::slice::from_ref(&src));
                 d
@@ -319,11 +333,28 @@ impl NodeFlags {
                 return Ok(Err(ExitCode::from(EXIT_INPUT)));
             }
         };
-        let sources = inputs::read_sources(inputs_)?;
+        // A file that cannot be read is an input error like an invalid object: reported,
+        // and without --keep-going nothing is written; the other files are compiled either
+        // way, so that every error is reported at once.
+        let (sources, read_errors) = inputs::read_sources(inputs_);
         let opts = CompileOptions {
             keep_going: self.keep_going,
         };
-        let lowered = svcc_compiler::lower_sources(sources, &settings, opts);
+        let lowered = match svcc_compiler::lower_sources(sources, &settings, opts) {
+            Err(mut e) => {
+                e.0.splice(0..0, read_errors);
+                Err(e)
+            }
+            Ok(l) if !self.keep_going && read_errors.iter().any(Diagnostic::is_error) => {
+                let mut all = read_errors;
+                all.extend(l.build().diagnostics); // the rest's warnings
+                Err(svcc_compiler::InputErrors(all))
+            }
+            Ok(l) => {
+                print_diags(&read_errors);
+                Ok(l)
+            }
+        };
         // What parse and lower freed goes back to the system before the model is built.
         match lowered.map(|l| {
             crate::release_free_memory();
@@ -535,7 +566,22 @@ fn apply_nft(rs: svcc_compiler::nft::model::Ruleset, dry_run: bool) -> Result<Ex
     }
 }
 
+/// `svcc diff`: exit status as diff(1) (see `DIFF_EXAMPLES`); no failure may exit 1, which
+/// means "differences".
 fn diff(c: DiffCmd) -> Result<ExitCode> {
+    match diff_inner(c) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("svcc: {e:#}");
+            Ok(ExitCode::from(EXIT_DIFF_TROUBLE))
+        }
+    }
+}
+
+/// Exit status 1: there are differences.
+const EXIT_DIFFERENT: u8 = 1;
+
+fn diff_inner(c: DiffCmd) -> Result<ExitCode> {
     let (settings, out) = match c.node.compile(&c.inputs)? {
         Ok(o) => o,
         Err(code) => return Ok(code),
@@ -560,7 +606,11 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
                 eprintln!(
                     "svcc: {changes} statement(s) to bring the kernel's svcc tables up to date"
                 );
-                return Ok(ExitCode::SUCCESS);
+                return Ok(if changes == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_DIFFERENT)
+                });
             }
             Err(why) => eprintln!("svcc: apply would replace svcc's tables as a whole ({why})"),
         }
@@ -576,7 +626,13 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
         .context("computing the difference")?;
     print!("{}", r.script);
     eprintln!("{}", report_line(&r));
-    Ok(ExitCode::SUCCESS)
+    // A full replace (the kernel's tables could not be compared statement by statement):
+    // counted as a difference, as it would be sent.
+    Ok(if r.messages == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIFFERENT)
+    })
 }
 
 /// svcc's tables as the kernel lists them (`nft list table`), normalised like a compiled model;

@@ -84,8 +84,11 @@ fn apply_diff_cleanup() {
     )
     .unwrap();
     std::fs::write(&moved, text.replace("10.244.2.11", "10.244.2.99")).unwrap();
-    let (script, _) = ns.ok(svcc, &strs(&with("diff", moved.to_str().unwrap())));
+    let o = ns.run(svcc, &strs(&with("diff", moved.to_str().unwrap())));
     let _ = std::fs::remove_file(&moved);
+    // Exit status 1: differences (tests/cli_diff.rs checks every status).
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let script = String::from_utf8_lossy(&o.stdout).into_owned();
     // An endpoint replaced by another: map elements only, no rule, no chain.
     assert!(
         script.contains("add element ip svcc endpoints {")

@@ -170,6 +170,15 @@ fn the_example_compiles_as_documented() {
     assert!(text.contains("table ip svcc {") && text.contains("table ip6 svcc {"));
 }
 
+/// A bad KubeProxyConfiguration (node settings, passed as `--config`), not a manifest: by name
+/// or by content. tests/bad_inputs.rs uses the same rule.
+fn is_node_settings(f: &Path) -> bool {
+    let name = f.file_name().unwrap().to_string_lossy();
+    name.contains("kube-proxy-config")
+        || std::fs::read(f)
+            .is_ok_and(|b| b.windows(28).any(|w| w == b"kind: KubeProxyConfiguration"))
+}
+
 /// Every file in fixtures/bad: its diagnostics and exit status.
 #[test]
 fn bad_inputs() {
@@ -178,6 +187,12 @@ fn bad_inputs() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
+    // Snapshots are named by the file's stem: two files may not share one.
+    let mut stems: Vec<_> = files.iter().map(|f| f.file_stem().unwrap()).collect();
+    stems.sort();
+    if let Some(w) = stems.windows(2).find(|w| w[0] == w[1]) {
+        panic!("two files of fixtures/bad/ named {:?}.*: rename one", w[0]);
+    }
     for f in files {
         let name = f.file_stem().unwrap().to_str().unwrap().to_string();
         let relf = rel(&f);
@@ -186,7 +201,7 @@ fn bad_inputs() {
             "--hostname-override".into(),
             "node-a".into(),
         ];
-        if name.contains("kube-proxy-config") {
+        if is_node_settings(&f) {
             args.extend([
                 "--config".into(),
                 relf.clone(),

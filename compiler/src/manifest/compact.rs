@@ -242,7 +242,12 @@ mod tests {
             })
             .collect();
         files.sort();
-        files.iter().map(|p| source(p)).collect()
+        // Files of fixtures/bad/ that are not UTF-8 have nothing to compact.
+        files
+            .iter()
+            .filter(|p| std::str::from_utf8(&std::fs::read(p).unwrap()).is_ok())
+            .map(|p| source(p))
+            .collect()
     }
 
     fn source(p: &Path) -> Source {

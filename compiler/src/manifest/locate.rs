@@ -145,6 +145,173 @@ impl MarkedEventReceiver for Recv<'_> {
     }
 }
 
+/// serde_yaml_ng places a duplicate-key error at the start of the mapping; the second
+/// occurrence is more useful. The replay finds, in document `doc`, the first mapping in which
+/// the scalar key `key` appears twice, and returns the second occurrence (1-based).
+pub fn duplicate_key(text: &str, doc: usize, key: &str) -> Option<(usize, usize)> {
+    struct R<'k> {
+        doc: Option<usize>,
+        want: usize,
+        key: &'k str,
+        /// Per open container: Some(keys seen, next node is a key) for mappings.
+        open: Vec<Option<(bool, bool)>>,
+        found: Option<(usize, usize)>,
+    }
+    impl R<'_> {
+        /// A node starts (scalar: `s`): a key or a value of the innermost mapping.
+        fn node(&mut self, s: Option<&str>, mark: Marker) {
+            if let Some(Some((seen, at_key))) = self.open.last_mut() {
+                if *at_key && s == Some(self.key) {
+                    if *seen && self.found.is_none() {
+                        self.found = Some((mark.line(), mark.col() + 1));
+                    }
+                    *seen = true;
+                }
+                *at_key = !*at_key;
+            }
+        }
+    }
+    impl MarkedEventReceiver for R<'_> {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::DocumentStart = ev {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+                self.open.clear();
+            }
+            if self.doc != Some(self.want) || self.found.is_some() {
+                return;
+            }
+            match ev {
+                Event::Scalar(s, ..) => self.node(Some(&s), mark),
+                Event::Alias(_) => self.node(None, mark),
+                Event::MappingStart(..) => {
+                    self.node(None, mark);
+                    self.open.push(Some((false, true)));
+                }
+                Event::SequenceStart(..) => {
+                    self.node(None, mark);
+                    self.open.push(None);
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    self.open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut r = R {
+        doc: None,
+        want: doc,
+        key,
+        open: Vec::new(),
+        found: None,
+    };
+    let _ = Parser::new_from_str(text).load(&mut r, true);
+    r.found
+}
+
+/// Where document `doc` starts (its first event: `---` or its first node), 1-based.
+pub fn document_start(text: &str, doc: usize) -> Option<(usize, usize)> {
+    struct R {
+        doc: Option<usize>,
+        want: usize,
+        found: Option<(usize, usize)>,
+    }
+    impl MarkedEventReceiver for R {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::DocumentStart = ev {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+                if self.doc == Some(self.want) && self.found.is_none() {
+                    self.found = Some((mark.line(), mark.col() + 1));
+                }
+            }
+        }
+    }
+    let mut r = R {
+        doc: None,
+        want: doc,
+        found: None,
+    };
+    let _ = Parser::new_from_str(text).load(&mut r, true);
+    r.found
+}
+
+/// serde_yaml_ng refuses a document whose aliases expand too much ("repetition limit
+/// exceeded": more alias dereferences than 100 × the document's events — the "billion
+/// laughs" attack) without saying where. This replays document `doc` and counts the
+/// dereferences as serde does (an alias costs 1 plus those of the aliases inside the node it
+/// names, recursively): the answer is the alias at which the count passes the limit, or, if
+/// the count never does (serde also dereferences while skipping, so the two can differ a
+/// little), the alias that costs the most. Returns its (line, column, dereferences).
+pub fn alias_overflow(text: &str, doc: usize) -> Option<(usize, usize, u64)> {
+    struct R {
+        doc: Option<usize>,
+        want: usize,
+        events: u64,
+        /// Dereferences each anchor's node costs when an alias names it.
+        cost: std::collections::HashMap<usize, u64>,
+        /// Containers open: their anchor (0: none) and the dereferences inside them so far.
+        open: Vec<(usize, u64)>,
+        total: u64,
+        /// Each alias: its position, its cost, the running total after it.
+        aliases: Vec<(Marker, u64, u64)>,
+    }
+    impl R {
+        fn alias(&mut self, id: usize, mark: Marker) {
+            let c = 1u64.saturating_add(self.cost.get(&id).copied().unwrap_or(0));
+            for o in &mut self.open {
+                o.1 = o.1.saturating_add(c);
+            }
+            self.total = self.total.saturating_add(c);
+            self.aliases.push((mark, c, self.total));
+        }
+    }
+    impl MarkedEventReceiver for R {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::DocumentStart = ev {
+                self.doc = Some(self.doc.map_or(0, |d| d + 1));
+            }
+            if self.doc != Some(self.want) {
+                return;
+            }
+            self.events += 1;
+            match ev {
+                Event::Alias(id) => self.alias(id, mark),
+                Event::Scalar(_, _, id, _) if id != 0 => {
+                    self.cost.insert(id, 0);
+                }
+                Event::MappingStart(id, _) | Event::SequenceStart(id, _) => {
+                    self.open.push((id, 0));
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    if let Some((id, c)) = self.open.pop() {
+                        if id != 0 {
+                            self.cost.insert(id, c);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut r = R {
+        doc: None,
+        want: doc,
+        events: 0,
+        cost: Default::default(),
+        open: Vec::new(),
+        total: 0,
+        aliases: Vec::new(),
+    };
+    let _ = Parser::new_from_str(text).load(&mut r, true);
+    let limit = r.events.saturating_mul(100);
+    let hit = r
+        .aliases
+        .iter()
+        .find(|a| a.2 > limit)
+        .or_else(|| r.aliases.iter().max_by_key(|a| a.1))?;
+    Some((hit.0.line(), hit.0.col() + 1, hit.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +332,32 @@ mod tests {
             ],
         );
         assert_eq!(got, vec![Some((8, 5)), Some((4, 0)), Some((1, 1))]);
+    }
+
+    #[test]
+    fn finds_the_alias_that_explodes() {
+        let mut t = String::from("a: 1\n---\nk: v\nx:\n  a: &a [1, 2, 3, 4, 5, 6, 7, 8]\n");
+        let mut prev = 'a';
+        for n in ['b', 'c', 'd', 'e', 'f'] {
+            t.push_str(&format!("  {n}: &{n} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+            prev = n;
+        }
+        // Line 10 (`f`) holds the alias that passes 100 × the document's events.
+        let (line, col, cost) = alias_overflow(&t, 1).unwrap();
+        assert_eq!((line, col), (10, 10), "{t}");
+        assert!(cost > 4000, "{cost}");
+        assert_eq!(alias_overflow("a: 1\n", 0), None);
+        assert_eq!(document_start(&t, 1), Some((2, 1)));
+    }
+
+    #[test]
+    fn finds_the_second_of_two_equal_keys() {
+        let t = "a: {b: 1}\n---\nspec:\n  x: {b: 1}\n  b: 2\n  ports: [{b: 1, b: 2}]\n  b: 3\n";
+        // The first mapping (in the text) that repeats it: the flow one.
+        assert_eq!(duplicate_key(t, 1, "b"), Some((6, 18)));
+        assert_eq!(duplicate_key(t, 0, "b"), None);
+        let t = "spec:\n  x: {b: 1}\n  b: 2\n  c: [b, b]\n  b: 3\n";
+        assert_eq!(duplicate_key(t, 0, "b"), Some((5, 3)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod compact;
 pub mod locate;
+mod nodup;
 mod split;
 mod stream;
 
@@ -68,6 +69,61 @@ impl Parsed {
     }
 }
 
+/// A file's bytes as a [`Source`]; text that is not UTF-8 is one error naming the file, the
+/// byte offset of the first bad byte and its line and column (1-based; the column counts
+/// characters, as the YAML parser's do).
+// The error is the cold path, once per bad file: not worth a box.
+#[allow(clippy::result_large_err)]
+pub fn decode(name: &str, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
+    let e = match String::from_utf8(bytes) {
+        Ok(text) => {
+            return Ok(Source {
+                name: name.to_string(),
+                text,
+            })
+        }
+        Err(e) => e,
+    };
+    let bytes = e.as_bytes();
+    let at = e.utf8_error().valid_up_to();
+    // The prefix up to `at` is valid UTF-8.
+    let good = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line = good.matches('\n').count() + 1;
+    let col = good[good.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    let bad: Vec<String> = bytes[at..]
+        .iter()
+        .take(
+            e.utf8_error()
+                .error_len()
+                .unwrap_or(bytes.len() - at)
+                .min(4),
+        )
+        .map(|b| format!("0x{b:02x}"))
+        .collect();
+    let hint = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        " (the file starts with a UTF-16 byte-order mark: convert it to UTF-8)"
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        " (the file looks gzip-compressed)"
+    } else if e.utf8_error().error_len().is_none() {
+        " (a character cut off at the end of the file: truncated?)"
+    } else {
+        ""
+    };
+    let mut d = Diagnostic::error(
+        name,
+        format!(
+            "not UTF-8 text: invalid byte {} at byte offset {at}{hint}; the file is not read",
+            bad.join(" ")
+        ),
+    );
+    d.line = Some(line);
+    d.column = Some(col);
+    Err(d)
+}
+
 /// Parses every source; problems go to `diags`, good objects to the result.
 pub fn parse_sources(sources: &[Source], diags: &mut Vec<Diagnostic>) -> Parsed {
     parse_sources_with(sources, diags, false)
@@ -82,6 +138,46 @@ fn parse_sources_with(sources: &[Source], diags: &mut Vec<Diagnostic>, full: boo
 }
 
 fn parse_source(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
+    let before = (out.objects.len(), out.skipped.len(), diags.len());
+    parse_source_docs(src, out, diags);
+    if before == (out.objects.len(), out.skipped.len(), diags.len()) && is_blank(&src.text) {
+        // Valid YAML, but most likely not what was meant (a `kubectl get … > f` that failed):
+        // said, not refused (an empty List, `items: []`, is not blank and says nothing).
+        let mut d = Diagnostic::error(
+            &src.name,
+            "no Kubernetes objects: the file is empty (or only comments, blank lines and `---`)",
+        );
+        d.severity = Severity::Warning;
+        diags.push(d);
+    }
+}
+
+/// `… at position N` (a byte offset) → the 1-based line and column (in characters) of byte N.
+fn reader_error_position(msg: &str, text: &str) -> Option<(usize, usize)> {
+    let n: usize = msg.rsplit_once(" at position ")?.1.trim().parse().ok()?;
+    let before = text.get(..n.min(text.len()))?;
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    Some((line, col))
+}
+
+/// Only blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        let l = l
+            .strip_prefix("---")
+            .or_else(|| l.strip_prefix("..."))
+            .unwrap_or(l)
+            .trim_start();
+        l.is_empty() || l.starts_with('#')
+    })
+}
+
+fn parse_source_docs(src: &Source, out: &mut Parsed, diags: &mut Vec<Diagnostic>) {
     let file: Arc<str> = Arc::from(src.name.as_str());
     if let Some(items) = split::list_items(&src.text) {
         if let Some(parsed) = split::parse_items(items, &file, out.full) {
@@ -126,17 +222,55 @@ fn parse_document_slowly(
     let value = match Value::deserialize(de) {
         Ok(v) => v,
         Err(e) => {
-            let mut d = Diagnostic::error(
-                &src.name,
-                format!("cannot parse YAML/JSON: {}", strip_location(&e)),
-            );
-            if let Some(loc) = e.location() {
+            let msg = strip_location(&e);
+            let mut d = Diagnostic::error(&src.name, format!("cannot parse YAML/JSON: {msg}"));
+            if let Some((l, c)) = reader_error_position(&msg, &src.text) {
+                // libyaml's reader errors (control characters, bad encodings) carry a byte
+                // offset in the message and no line (their location says 1:1).
+                d.line = Some(l);
+                d.column = Some(c);
+            } else if let Some(loc) = e.location() {
+                // Syntax errors (JSON's too: it is read as YAML), the recursion limit (deep
+                // nesting), duplicate keys: libyaml's position, from serde_yaml_ng.
                 d.line = Some(loc.line());
                 d.column = Some(loc.column());
+            } else if msg == "repetition limit exceeded" {
+                // An alias bomb: serde_yaml_ng says no where; the replay finds the alias.
+                if let Some((l, c, n)) = locate::alias_overflow(&src.text, doc) {
+                    d.line = Some(l);
+                    d.column = Some(c);
+                    d.message = format!(
+                        "cannot parse YAML/JSON: repetition limit exceeded: aliases of aliases \
+                         expand exponentially (\"billion laughs\"); this one alone stands for \
+                         {n} alias expansions"
+                    );
+                }
             }
+            if let Some(key) = msg
+                .split_once("duplicate entry with key \"")
+                .and_then(|(_, k)| k.strip_suffix('"'))
+            {
+                // serde_yaml_ng's position is the mapping's start: point at the second key.
+                if let Some((l, c)) = locate::duplicate_key(&src.text, doc, key) {
+                    d.line = Some(l);
+                    d.column = Some(c);
+                }
+            }
+            if d.line.is_none() {
+                // Any other error without a position: the start of its document.
+                if let Some((l, c)) = locate::document_start(&src.text, doc) {
+                    d.line = Some(l);
+                    d.column = Some(c);
+                }
+            }
+            // A duplicate key and the recursion and repetition limits are serde_yaml_ng's
+            // checks on a document that parsed: the next documents are readable. After a
+            // syntax error the parser cannot resynchronise: the rest of the file is lost.
+            let document_only = msg.contains("duplicate entry with key")
+                || msg.starts_with("recursion limit exceeded")
+                || msg.starts_with("repetition limit exceeded");
             diags.push(d);
-            // The parser cannot resynchronise after a syntax error: the rest of the file is lost.
-            return false;
+            return document_only;
         }
     };
     if !value.is_null() {

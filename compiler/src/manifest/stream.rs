@@ -16,6 +16,7 @@ use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, V
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use super::nodup::Checked;
 use super::{handle_value, object_kind, Object, Parsed};
 use crate::diag::{Diagnostic, Origin, PathSeg};
 
@@ -170,7 +171,8 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
             pending: None,
             inner: map,
         };
-        let de = MapAccessDeserializer::new(replay);
+        // Every map of the object refuses a repeated key (k8s-openapi would keep the last).
+        let de = Checked(MapAccessDeserializer::new(replay));
         match object_kind(&kind, &api) {
             Some(ObjectKind::Service) => push(
                 self.out,

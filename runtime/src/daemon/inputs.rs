@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use svcc_compiler::session::Session;
-use svcc_compiler::Source;
+use svcc_compiler::Diagnostic;
 
 /// How long a file that is being written may stay unread.
 pub const WRITE_GRACE: Duration = Duration::from_secs(1);
@@ -91,8 +91,9 @@ pub struct Inputs {
     rescan_all: bool,
     /// Files in the session, with the stamp they had when read.
     known: BTreeMap<PathBuf, Stamp>,
-    /// Files that cannot be read, and why.
-    unreadable: BTreeMap<PathBuf, String>,
+    /// Files that cannot be read, and why (one error diagnostic each, reported with the
+    /// compile's diagnostics: logged once when it appears, counted, `resolved:` when fixed).
+    unreadable: BTreeMap<PathBuf, Diagnostic>,
 }
 
 fn name_of(p: &Path) -> String {
@@ -154,6 +155,12 @@ impl Inputs {
 
     pub fn unreadable(&self) -> usize {
         self.unreadable.len()
+    }
+
+    /// One error per file that cannot be read (permissions, not UTF-8 — with the position of
+    /// the first bad byte —, an I/O error), rendered like every other input diagnostic.
+    pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.unreadable.values()
     }
 
     /// Takes in one watcher event; returns whether it marked something to look at.
@@ -431,37 +438,41 @@ impl Inputs {
         ch: &mut Change,
     ) {
         let stamp = Stamp::of(m);
-        if !force && self.known.get(p) == Some(&stamp) {
+        // A file that could not be read is tried again at every look (its stamp need not change
+        // when it becomes readable: a transient I/O error, a permission fixed elsewhere).
+        if !force && self.known.get(p) == Some(&stamp) && !self.unreadable.contains_key(p) {
             return;
         }
-        let text = match std::fs::read(p) {
-            Ok(b) => String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string()),
+        let source = match std::fs::read(p) {
+            Ok(b) => svcc_compiler::manifest::decode(&name_of(p), b),
+            // Gone between the listing and the read: as if it had not been listed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(p, session, ch);
                 return;
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Diagnostic::error(&name_of(p), format!("cannot read: {e}"))),
         };
         self.known.insert(p.to_path_buf(), stamp);
-        match text {
-            Ok(text) => {
-                if let Some(why) = self.unreadable.remove(p) {
-                    tracing::info!(file = %p.display(), was = %why, "file readable again");
+        match source {
+            Ok(source) => {
+                if self.unreadable.remove(p).is_some() {
+                    // The diagnostic goes away: a sync reports it `resolved:`.
+                    ch.changed = true;
+                    tracing::debug!(file = %p.display(), "file readable again");
                 }
-                if session.set_file(Source {
-                    name: name_of(p),
-                    text,
-                }) {
+                if session.set_file(source) {
                     ch.changed = true;
                     ch.files_read += 1;
                     tracing::debug!(file = %p.display(), "file read");
                 }
             }
-            Err(why) => {
-                if self.unreadable.get(p) != Some(&why) {
-                    tracing::error!(file = %p.display(), error = %why, "cannot read file; its objects are left out");
+            Err(d) => {
+                // A new or different problem: a sync reports it (even when the session, which
+                // never had this file, did not change).
+                if self.unreadable.get(p) != Some(&d) {
+                    ch.changed = true;
                 }
-                self.unreadable.insert(p.to_path_buf(), why);
+                self.unreadable.insert(p.to_path_buf(), d);
                 if session.remove_file(&name_of(p)) {
                     ch.changed = true;
                     ch.files_removed += 1;
@@ -472,11 +483,67 @@ impl Inputs {
 
     fn forget(&mut self, p: &Path, session: &mut Session, ch: &mut Change) {
         self.known.remove(p);
-        self.unreadable.remove(p);
+        if self.unreadable.remove(p).is_some() {
+            ch.changed = true; // its diagnostic is resolved
+        }
         if session.remove_file(&name_of(p)) {
             ch.changed = true;
             ch.files_removed += 1;
             tracing::debug!(file = %p.display(), "file gone");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svcc_compiler::NodeSettings;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+
+    #[test]
+    fn an_unreadable_file_is_reported_and_picked_up_when_fixed() {
+        let dir = std::env::temp_dir().join(format!("svcc-inputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("good.yaml"), SVC).unwrap();
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, b"apiVersion: v1\nkind: Serv\xe9ice\n").unwrap();
+        // Listed, gone when read: left out silently (it is not there).
+        std::os::unix::fs::symlink(dir.join("nowhere.yaml"), dir.join("gone.yaml")).unwrap();
+        let mut inputs = Inputs::new(std::slice::from_ref(&dir), |_| {}).unwrap();
+        let mut session = Session::new(NodeSettings::default());
+        let now = Instant::now();
+
+        let ch = inputs.refresh(&mut session, now, true);
+        assert!(ch.changed);
+        assert_eq!((inputs.files(), inputs.unreadable()), (1, 1));
+        let d: Vec<String> = inputs.diagnostics().map(|d| d.to_string()).collect();
+        assert_eq!(
+            d,
+            [format!(
+                "error: {}:2:11: not UTF-8 text: invalid byte 0xe9 at byte offset 25; the file is not read",
+                bad.display()
+            )]
+        );
+        let names: Vec<&str> = session.file_names().collect();
+        assert_eq!(names, [dir.join("good.yaml").display().to_string()]);
+
+        // Nothing changed: nothing to report again.
+        assert!(!inputs.refresh(&mut session, now, true).changed);
+
+        // Fixed (a new inode, as a rename into place): read, the error is gone.
+        let tmp = dir.join(".bad.tmp");
+        std::fs::write(
+            &tmp,
+            SVC.replace("name: a", "name: b").replace(".1,", ".2,"),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &bad).unwrap();
+        let ch = inputs.refresh(&mut session, now, true);
+        assert!(ch.changed && ch.files_read == 1);
+        assert_eq!((inputs.files(), inputs.unreadable()), (2, 0));
+        assert_eq!(inputs.diagnostics().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -455,6 +455,19 @@ impl Daemon {
 
     /// Logs each diagnostic once (when it appears; its disappearance at info), updates counts.
     fn report_diagnostics(&mut self, diagnostics: &[Diagnostic], notes: &[String]) {
+        // Files that cannot be read are input errors like the others.
+        let all: Vec<Diagnostic>;
+        let diagnostics = if self.inputs.unreadable() == 0 {
+            diagnostics
+        } else {
+            all = self
+                .inputs
+                .diagnostics()
+                .chain(diagnostics)
+                .cloned()
+                .collect();
+            &all
+        };
         let now: HashSet<String> = diagnostics.iter().map(|d| d.to_string()).collect();
         let mut new_errors = 0u64;
         for d in diagnostics {
