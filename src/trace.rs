@@ -132,8 +132,10 @@ pub fn trace(c: TraceCmd) -> Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let sources = inputs::read_sources(&c.inputs)?;
-    let model = Model::new(&sources, &settings).with_local_addresses(c.local_address.clone());
+    let (sources, unreadable) = inputs::read_sources(&c.inputs);
+    let mut model = Model::new(&sources, &settings).with_local_addresses(c.local_address.clone());
+    // Files that could not be read are left out like objects with errors.
+    model.diagnostics.extend(unreadable);
     let from = match c.from.trim() {
         "node" => match model.node_source(c.to) {
             Some(a) => a,
@@ -181,8 +183,9 @@ pub fn explain(c: ExplainCmd) -> Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let sources = inputs::read_sources(&c.inputs)?;
-    let model = Model::new(&sources, &settings);
+    let (sources, unreadable) = inputs::read_sources(&c.inputs);
+    let mut model = Model::new(&sources, &settings);
+    model.diagnostics.extend(unreadable);
     match model.explain(&c.service) {
         Ok(e) => {
             let text = match c.output {
