@@ -544,6 +544,7 @@ fn validate_service<'a>(
     // Ports.
     let mut ports = Vec::new();
     let mut names = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
     let plist = spec.ports.clone().unwrap_or_default();
     if plist.is_empty() {
         notes.push(format!("{obj}: no ports: no rules"));
@@ -593,6 +594,22 @@ fn validate_service<'a>(
                 }
             },
         };
+        // As the API server: one port (and nodePort) per protocol (found by fuzz/: two
+        // frontends with one key made the kernel refuse the ruleset).
+        let mut dup = false;
+        for (field, n) in [("port", Some(port)), ("nodePort", node_port)] {
+            if let Some(n) = n.filter(|n| !numbers.insert((field, protocol, *n))) {
+                err(
+                    diags,
+                    &at(field),
+                    format!("duplicate {field} {n}/{}", protocol.keyword()),
+                );
+                dup = true;
+            }
+        }
+        if dup {
+            continue;
+        }
         let pname = p.name.clone().unwrap_or_default();
         if !names.insert((pname.clone(), protocol)) {
             err(
