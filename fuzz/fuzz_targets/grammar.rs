@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use svcc_compiler::nft::model::Match;
 use svcc_compiler::nft::render::render_replace;
 use svcc_grammar::{normalize_for_compare, parse_nft_list, parse_ruleset};
 
@@ -22,6 +23,24 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(n) = parse_nft_list(text) {
-        let _ = normalize_for_compare(&n);
+        // The normal form is a fixed point, except for rules with two different
+        // `meta l4proto` matches (documented on `normalize_for_compare`).
+        let twice = normalize_for_compare(&n);
+        let two_protos = n
+            .tables
+            .iter()
+            .flat_map(|t| &t.chains)
+            .flat_map(|c| &c.rules)
+            .any(|r| {
+                let mut p = r.matches.iter().filter_map(|m| match m {
+                    Match::L4Proto(p) => Some(p),
+                    _ => None,
+                });
+                p.next().is_some_and(|first| p.any(|x| x != first))
+            });
+        assert!(
+            two_protos || twice == n,
+            "normalize_for_compare is not idempotent:\n{n:#?}\n{twice:#?}"
+        );
     }
 });
