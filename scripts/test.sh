@@ -14,6 +14,9 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --lib --bins --tests --examples 2>&1 | tee "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
 cargo bench --workspace --no-run
+# Fuzz targets (fuzz/, its own workspace): built, then each run ~10 s from its committed
+# corpus; any crash fails (scripts/fuzz-smoke.sh; installs cargo-fuzz if missing).
+scripts/fuzz-smoke.sh
 left=$(ip netns list 2>/dev/null | grep -E '^svcc' || true)
 if [ -n "$left" ]; then
   echo "tests left network namespaces behind:" >&2

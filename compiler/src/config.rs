@@ -461,7 +461,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += num * mult;
         rest = &rest[u..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // Too long for a Duration (found by fuzz/): an error, not a panic.
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -473,6 +474,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 apples").is_err());
+        // Found by fuzz/ (target `config`): from_secs_f64 panicked on these.
+        assert!(parse_duration("1777777777777777777777777777771.5h").is_err());
+        assert!(parse_duration(&format!("{}s", "9".repeat(400))).is_err());
     }
 
     #[test]

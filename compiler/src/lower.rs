@@ -760,6 +760,8 @@ fn validate_service<'a>(
             err(diags, &at("name"), format!("duplicate port name {pname:?}"));
             continue;
         }
+        // Also what the kernel needs: two frontends with one key make it refuse the whole
+        // ruleset ("File exists"; found by tests/property.rs).
         if !port_keys.insert((port, protocol)) {
             err(
                 diags,

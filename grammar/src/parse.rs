@@ -12,6 +12,8 @@ use svcc_compiler::nft::model::{
     L4Proto, Match, Rule, Ruleset, Set, SetData, SetFlags, Stmt, Table, Value, Verdict,
 };
 
+use svcc_compiler::nft::render::MAX_COMMENT;
+
 use crate::normalize::restore_l4proto_deps;
 use crate::ParseError;
 
@@ -230,9 +232,18 @@ fn string(p: Pair<R>) -> String {
         .unwrap_or_default()
 }
 
-/// The string of a `comment "…"` pair.
-fn comment(p: Pair<R>) -> String {
-    string(p.into_inner().next().expect("comment has a string"))
+/// The string of a `comment "…"` pair. Longer than nft allows (128 bytes, which
+/// `render::quote` never exceeds) is an error, as in nft: a model with such a comment would
+/// not print back as itself.
+fn comment(p: Pair<R>) -> Res<String> {
+    let s = string(p.clone().into_inner().next().expect("comment has a string"));
+    if s.len() > MAX_COMMENT {
+        return Err(error_at(
+            &p,
+            format!("comment too long, {MAX_COMMENT} characters maximum allowed"),
+        ));
+    }
+    Ok(s)
 }
 
 fn set_once<T>(slot: &mut Option<T>, v: T, p: &Pair<R>, what: &str) -> Res<()> {
@@ -258,7 +269,7 @@ fn table(p: Pair<R>) -> Res<Table> {
     for item in it {
         match item.as_rule() {
             R::comment_attr => {
-                let c = comment(item.clone());
+                let c = comment(item.clone())?;
                 set_once(&mut t.comment, c, &item, "the table comment")?;
             }
             R::set_block => {
@@ -389,7 +400,7 @@ fn set(p: Pair<R>) -> Res<Set> {
                 set_once(&mut size, n, &item, "the set size")?;
             }
             R::comment_attr => {
-                let c = comment(item.clone());
+                let c = comment(item.clone())?;
                 set_once(&mut comment_, c, &item, "the set comment")?;
             }
             R::set_elements => {
@@ -463,7 +474,7 @@ fn element(p: Pair<R>, s: &Set) -> Res<Element> {
             R::elem_timeout | R::elem_expires => {
                 duration_ms(item.into_inner().next().unwrap())?;
             }
-            R::comment_attr => comment_ = Some(comment(item)),
+            R::comment_attr => comment_ = Some(comment(item)?),
             r => unreachable!("unexpected {r:?} in element"),
         }
     }
@@ -663,7 +674,7 @@ fn chain(p: Pair<R>, fam: Family) -> Res<Chain> {
                 set_once(&mut policy_seen, item.clone(), &item, "the chain policy")?;
             }
             R::chain_comment => {
-                let s = string(item.clone().into_inner().next().unwrap());
+                let s = comment(item.clone())?;
                 set_once(&mut c.comment, s, &item, "the chain comment")?;
             }
             R::rule => c.rules.push(rule(item, fam)?),
@@ -862,7 +873,7 @@ fn rule(p: Pair<R>, fam: Family) -> Res<Rule> {
                 stmt_res.push(res);
             }
             Phase::Verdict => r.verdict = Some(verdict(e)),
-            Phase::Comment => r.comment = Some(comment(e)),
+            Phase::Comment => r.comment = Some(comment(e)?),
         }
     }
     restore_l4proto_deps(&mut r, &match_res, &stmt_res);

@@ -150,7 +150,8 @@ pub fn parse_ack(m: &Msg) -> Option<Ack> {
     let seq = u32::from_ne_bytes(orig[8..12].try_into().unwrap());
     let orig_len = u32::from_ne_bytes(orig[0..4].try_into().unwrap()) as usize;
     let mut ack = Ack {
-        errno: -err,
+        // Saturating: the kernel sends -errno, but a reply is untrusted input (i32::MIN).
+        errno: err.saturating_neg(),
         seq,
         msg: None,
         offset: None,
@@ -200,4 +201,37 @@ pub fn put_udata(out: &mut Vec<u8>, ty: u8, v: &[u8]) {
     out.push(ty);
     out.push(v.len() as u8);
     out.extend_from_slice(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_msg(err: i32, flags: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        let s = begin(&mut out, NLMSG_ERROR, flags, 7, 0, 0);
+        out.truncate(s + HDR); // an NLMSG_ERROR has no nfgenmsg: errno, then the request header
+        out.extend_from_slice(&err.to_ne_bytes());
+        let orig = begin(&mut out, nft_type(NFT_MSG_NEWRULE), NLM_F_REQUEST, 7, 2, 0);
+        out.truncate(orig + HDR);
+        end(&mut out, orig);
+        end(&mut out, s);
+        out
+    }
+
+    #[test]
+    fn ack_errno() {
+        let buf = error_msg(-17, 0);
+        let m = msgs(&buf).next().unwrap();
+        let a = parse_ack(&m).unwrap();
+        assert_eq!((a.errno, a.seq), (17, 7));
+    }
+
+    /// Found by `fuzz/` (target `netlink`): `-err` overflowed on i32::MIN (a panic in debug).
+    #[test]
+    fn ack_with_the_most_negative_errno_does_not_panic() {
+        let buf = error_msg(i32::MIN, NLM_F_ACK_TLVS);
+        let m = msgs(&buf).next().unwrap();
+        assert_eq!(parse_ack(&m).unwrap().errno, i32::MAX);
+    }
 }
