@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match parse_kube_proxy_config("kp.yaml", text) {
         Ok(f) => {
-            if let Some(b) = f.masquerade_bit {
+            for b in [f.nftables.masquerade_bit, f.iptables.masquerade_bit].into_iter().flatten() {
                 assert!(b <= 31, "masqueradeBit {b} accepted");
             }
         }
