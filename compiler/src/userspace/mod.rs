@@ -33,6 +33,12 @@ use crate::nft::model::*;
 pub const PROXY_PORTS: &str = "proxy-ports";
 /// The map of NodePorts to their listener.
 pub const PROXY_NODEPORTS: &str = "proxy-nodeports";
+/// Like [`PROXY_PORTS`], consulted only for pods and the node itself: external frontends of an
+/// `externalTrafficPolicy: Local` service without local endpoints, which the nftables mode
+/// short-circuits for those sources and drops for the others.
+pub const PROXY_PORTS_SHORT: &str = "proxy-ports-short-circuit";
+/// Like [`PROXY_NODEPORTS`], for the same short-circuit.
+pub const PROXY_NODEPORTS_SHORT: &str = "proxy-nodeports-short-circuit";
 
 /// Which of a service port's listeners: traffic of the internal policy (ClusterIP) or of the
 /// external policy (NodePort, externalIPs, LB IPs). A service port has a separate external
@@ -80,6 +86,9 @@ impl std::fmt::Display for ListenerKey {
 pub struct Plan {
     pub internal: Option<Role>,
     pub external: Option<Role>,
+    /// External traffic reaches the listener only from pods and the node (the short-circuit
+    /// of `externalTrafficPolicy: Local`); from elsewhere the filter rules drop it.
+    pub external_short_only: bool,
 }
 
 pub fn plan(sp: &ServicePort) -> Plan {
@@ -87,18 +96,27 @@ pub fn plan(sp: &ServicePort) -> Plan {
         return Plan {
             internal: None,
             external: None,
+            external_short_only: false,
         };
     }
     let d = sp.dispatch();
     let internal = d.internal.map(|_| Role::Internal);
+    let short =
+        sp.policy.external_local && d.uses_external_chain && (d.uses_cluster || d.uses_local);
     let external = match d.external {
-        None => None,
         _ if !sp.externally_accessible() => None,
+        // Nowhere to go but for pods and the node (eTP Local, no local endpoints).
+        None if short => Some(Role::External),
+        None => None,
         // Same endpoints whatever the source: share the ClusterIP listener.
         Some(c) if !sp.policy.external_local && d.internal == Some(c) => Some(Role::Internal),
         Some(_) => Some(Role::External),
     };
-    Plan { internal, external }
+    Plan {
+        internal,
+        external,
+        external_short_only: external.is_some() && d.external.is_none(),
+    }
 }
 
 /// The endpoints a listener picks from for a client, as the nftables mode's chains decide:
@@ -236,14 +254,33 @@ pub fn assign(
 
 /// The userspace mode's tables (`ip svcc` / `ip6 svcc`): the nftables mode's filter chains and
 /// sets, and DNAT (or `redirect`) of every frontend with a listener to it.
+/// The DNAT target of each family is its first node IP.
 pub fn build(ir: &Ir, ports: &Ports) -> Ruleset {
+    build_with_targets(ir, ports, &BTreeMap::new())
+}
+
+/// [`build`], with the DNAT target of the families without a node IP given (`svcc run` picks
+/// a local address); a family with neither uses `redirect`.
+pub fn build_with_targets(ir: &Ir, ports: &Ports, targets: &BTreeMap<Family, IpAddr>) -> Ruleset {
     Ruleset {
-        tables: ir.families.iter().map(|f| build_table(f, ports)).collect(),
+        tables: ir
+            .families
+            .iter()
+            .map(|f| {
+                let t = f
+                    .node_ips
+                    .first()
+                    .copied()
+                    .or_else(|| targets.get(&f.family).copied());
+                build_table(f, ports, t)
+            })
+            .collect(),
     }
 }
 
 /// Sets of the nftables layout the userspace mode uses (filtering only).
-const KEPT_SETS: [&str; 7] = [
+const KEPT_SETS: [&str; 8] = [
+    names::CLUSTER_CIDRS,
     names::CLUSTER_IPS,
     names::NODEPORT_IPS,
     names::NO_ENDPOINT_SERVICES,
@@ -272,7 +309,7 @@ const KEPT_CHAINS: [&str; 13] = [
     // node, so nothing is masqueraded)
 ];
 
-fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
+fn build_table(f: &FamilyIr, ports: &Ports, target: Option<IpAddr>) -> Table {
     let ids = endpoint_ids(f);
     let mut t = skeleton(f, &ids);
     t.sets.retain(|s| KEPT_SETS.contains(&s.name.as_str()));
@@ -280,7 +317,6 @@ fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
     let fam = f.family;
     let addr = fam.addr_type();
     // The DNAT target: the primary node IP of the family (kube-proxy's `hostIP`).
-    let target = f.node_ips.first().copied();
     let data = match target {
         Some(_) => vec![addr, DataType::InetService],
         None => vec![DataType::InetService],
@@ -300,6 +336,16 @@ fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
         key: vec![DataType::InetProto, DataType::InetService],
         comment: Some("NodePort traffic -> proxy listener".into()),
         ..proxy_ports.clone()
+    };
+    let mut short_ports = Set {
+        name: PROXY_PORTS_SHORT.into(),
+        comment: Some("external frontends of eTP Local without local endpoints, for pods and the node -> proxy listener".into()),
+        ..proxy_ports.clone()
+    };
+    let mut short_nodeports = Set {
+        name: PROXY_NODEPORTS_SHORT.into(),
+        comment: Some("NodePorts of eTP Local without local endpoints, for pods and the node -> proxy listener".into()),
+        ..proxy_nodeports.clone()
     };
     let to = |port: u16| -> ElemData {
         ElemData::Values(match target {
@@ -335,24 +381,27 @@ fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
         };
         let spn = sp.name.to_string();
         for fe in &sp.frontends {
-            let role = if fe.kind == crate::ir::FrontendKind::ClusterIp {
-                p.internal
-            } else {
-                p.external
-            };
+            let cluster_ip = fe.kind == crate::ir::FrontendKind::ClusterIp;
+            let role = if cluster_ip { p.internal } else { p.external };
+            let short = !cluster_ip && p.external_short_only;
             let Some(&port) = port_of(role) else { continue };
             let elem = |key: Vec<Value>| Element {
                 key,
                 data: Some(to(port)),
                 comment: Some(spn.clone()),
             };
+            let (by_addr, by_port) = if short {
+                (&mut short_ports, &mut short_nodeports)
+            } else {
+                (&mut proxy_ports, &mut proxy_nodeports)
+            };
             match fe.addr {
-                Some(a) => proxy_ports.elements.push(elem(vec![
+                Some(a) => by_addr.elements.push(elem(vec![
                     Value::Addr(a),
                     Value::Proto(sp.protocol),
                     Value::Port(fe.port),
                 ])),
-                None => proxy_nodeports
+                None => by_port
                     .elements
                     .push(elem(vec![Value::Proto(sp.protocol), Value::Port(fe.port)])),
             }
@@ -365,6 +414,8 @@ fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
         .extend(cluster_ips);
     t.sets.push(proxy_ports);
     t.sets.push(proxy_nodeports);
+    t.sets.push(short_ports);
+    t.sets.push(short_nodeports);
 
     let stmt = |key: Vec<Field>, map: &str| match target {
         Some(_) => Stmt::DnatMap {
@@ -396,11 +447,37 @@ fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
             PROXY_PORTS,
         ))
         .comment("to the proxy listener");
+    let np_match = np.matches.clone();
     let np = np
         .s(stmt(vec![Field::L4Proto, Field::Dport], PROXY_NODEPORTS))
         .comment("NodePorts to the proxy listener");
+    // The short-circuit of eTP Local, for pods (the local-traffic detector) and the node.
+    let mut short = Vec::new();
+    for src in [
+        Match::Saddr {
+            negate: false,
+            addr: AddrMatch::Set(names::CLUSTER_CIDRS.into()),
+        },
+        Match::FibSaddrLocal,
+    ] {
+        let mut r = Rule::new().m(src.clone());
+        r = r.s(stmt(
+            vec![Field::Daddr, Field::L4Proto, Field::Dport],
+            PROXY_PORTS_SHORT,
+        ));
+        short.push(r.comment("eTP Local short-circuit to the proxy listener"));
+        let mut r = Rule::new().m(src);
+        r.matches.extend(np_match.iter().cloned());
+        r = r.s(stmt(
+            vec![Field::L4Proto, Field::Dport],
+            PROXY_NODEPORTS_SHORT,
+        ));
+        short.push(r.comment("eTP Local short-circuit of NodePorts to the proxy listener"));
+    }
     let services = if target.is_some() {
-        vec![svc, np]
+        let mut v = vec![svc, np];
+        v.extend(short);
+        v
     } else {
         // `redirect` to a port needs the transport protocol known: one rule per protocol.
         let with = |r: &Rule, p: L4Proto| {
@@ -408,12 +485,15 @@ fn build_table(f: &FamilyIr, ports: &Ports) -> Table {
             r.matches.push(Match::L4Proto(p));
             r
         };
-        vec![
-            with(&svc, L4Proto::Tcp),
-            with(&svc, L4Proto::Udp),
-            with(&np, L4Proto::Tcp),
-            with(&np, L4Proto::Udp),
-        ]
+        let mut v = Vec::new();
+        for r in std::iter::once(&svc)
+            .chain(std::iter::once(&np))
+            .chain(&short)
+        {
+            v.push(with(r, L4Proto::Tcp));
+            v.push(with(r, L4Proto::Udp));
+        }
+        v
     };
     if let Some(c) = t.chains.iter_mut().find(|c| c.name == names::SERVICES) {
         c.rules = services;
