@@ -65,6 +65,11 @@ fn connect_retry_hides_a_dead_endpoint() {
             d.log_text()
         );
     }
+    // Round robin sends every other connection to the dead endpoint first.
+    assert_eq!(d.metric("svcc_userspace_connections_accepted_total"), 10.0);
+    assert!(d.metric("svcc_userspace_connect_retries_total") >= 4.0);
+    assert!(d.metric("svcc_userspace_connect_failures_total") >= 4.0);
+    assert_eq!(d.metric("svcc_userspace_listeners"), 1.0);
 }
 
 #[test]

@@ -337,7 +337,7 @@ impl Loader for Prebuilt {
 /// The loaders named by `SVCC_FLOW_LOADERS` (default: every backend and loader).
 pub fn from_env() -> Result<Vec<Box<dyn Loader>>, String> {
     let spec = std::env::var("SVCC_FLOW_LOADERS")
-        .unwrap_or_else(|_| "nft,apply,iptables-nft,iptables-legacy".into());
+        .unwrap_or_else(|_| "nft,apply,iptables-nft,iptables-legacy,userspace".into());
     let mut v: Vec<Box<dyn Loader>> = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match item {

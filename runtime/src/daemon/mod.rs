@@ -123,6 +123,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         ),
         _ => None,
     };
+    if let (Some(p), Ok(mut m)) = (&proxy, shared.metrics.lock()) {
+        m.userspace = Some(p.counters.clone());
+    }
     let fs_tx = tx.clone();
     let inputs = Inputs::new(&cfg.watch, move |ev| {
         let _ = fs_tx.send(Ev::Fs(ev));
@@ -347,6 +350,8 @@ impl Daemon {
                     // Listeners first (bound before any rule sends traffic to them).
                     p.sync(&ir);
                     ruleset = p.ruleset(&ir);
+                    let n = p.ports().len() as u64;
+                    self.metrics(|m| m.userspace_listeners = n);
                 }
                 self.stats = ruleset.stats();
                 let ir = Arc::new(ir);
