@@ -113,10 +113,7 @@ pub fn run(c: RunCmd) -> Result<ExitCode> {
         }
     };
     if settings.backend == Backend::Iptables {
-        return bad(
-            "svcc run programs nftables (or userspace) only (--backend iptables: use svcc apply)"
-                .into(),
-        );
+        return bad("svcc run programs nftables only (--backend iptables: use svcc apply)".into());
     }
     for (flag, v, slot) in [
         (
