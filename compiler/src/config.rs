@@ -579,6 +579,27 @@ mod tests {
         assert!(f.ignored_fields("kp.yaml", Backend::Iptables).is_empty());
     }
 
+    /// `mode: userspace` reads `iptables:` (kube-proxy's userspace proxier ran on
+    /// `iptables.syncPeriod`), `portRange` and `udpIdleTimeout`; empty ranges mean the default.
+    #[test]
+    fn userspace_mode_settings() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nportRange: 40000+100\nudpIdleTimeout: 1s\niptables:\n  syncPeriod: 10s\n";
+        let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
+        assert_eq!(f.backend, Some(Backend::Userspace));
+        assert_eq!(f.proxy_port_range, Some((40000, 40099)));
+        assert_eq!(f.udp_idle_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(
+            f.section(Backend::Userspace).sync_period,
+            Some(Duration::from_secs(10))
+        );
+        for unset in ["", "0", "0-0"] {
+            assert_eq!(parse_proxy_port_range(unset), Ok(DEFAULT_PROXY_PORT_RANGE));
+        }
+        assert!(parse_proxy_port_range("70000").is_err());
+        let d = NodeSettings::default();
+        assert_eq!(d.udp_idle_timeout, Duration::from_millis(250));
+    }
+
     /// kube-proxy's per-mode defaults (v1alpha1 `SetDefaults_KubeProxyConfiguration`): both
     /// modes default to masqueradeBit 14, syncPeriod 30s, minSyncPeriod 1s; svcc's default
     /// mode is nftables (kube-proxy's is iptables).
