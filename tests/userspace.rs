@@ -228,3 +228,34 @@ fn thousands_of_short_connections_leak_no_descriptor() {
         fds()
     );
 }
+
+#[test]
+fn a_range_too_small_names_the_service_port_and_the_rest_works() {
+    if skip() {
+        return;
+    }
+    let t = Topo::new(1, &[CIP, "172.30.0.11"]);
+    let mut text = service("a", CIP, TCP80, &eps(&[0]), "");
+    text.push_str("---\n");
+    text.push_str(&service("b", "172.30.0.11", TCP80, &eps(&[0]), ""));
+    t.write("svc.yaml", &text);
+    // One port for two listeners; `a` is first in sorted order and gets it.
+    let d = Daemon::start(
+        &t,
+        &["--backend", "userspace", "--proxy-port-range", "41500"],
+    );
+    assert_eq!(
+        tcp_from(&t.pod, &format!("{CIP}:80")).as_deref(),
+        Ok(ep(0, 8080).as_str())
+    );
+    // `b` has no listener: not DNATed, so its ClusterIP is rejected (invalid port of a ClusterIP).
+    assert_eq!(
+        tcp_from(&t.pod, "172.30.0.11:80"),
+        Err("refused".to_string())
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("t/b:http (tcp, ip, internal): no port of --proxy-port-range 41500-41500"),
+        "{log}"
+    );
+}
