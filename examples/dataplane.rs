@@ -410,7 +410,10 @@ fn main() {
         // VM vary by ±15 %, and drift (the first runs of a series tend to be faster) must not
         // favour one size.
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
-        for _ in 0..RUNS {
+        // Memory: one run per process (the allocator reuses what an earlier run freed, so only
+        // a fresh process shows the growth); run one size per invocation.
+        let runs_n = if what == What::Memory { 1 } else { RUNS };
+        for _ in 0..runs_n {
             for (i, &n) in counts.iter().enumerate() {
                 runs[i].push(measure(b, n, seconds, what));
             }

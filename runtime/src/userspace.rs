@@ -443,10 +443,66 @@ async fn proxy_tcp(mut client: TcpStream, peer: SocketAddr, st: Arc<Listener>) {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     st.counters.active.fetch_add(1, Ordering::Relaxed);
-    if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+    // splice(2) through a pipe per direction: the bytes never enter userspace. Without pipes
+    // (fd limit), copy through buffers.
+    let copied = match (pipe(), pipe()) {
+        (Ok(p1), Ok(p2)) => tokio::try_join!(
+            splice_half(&client, &backend, p1),
+            splice_half(&backend, &client, p2)
+        )
+        .ok(),
+        _ => tokio::io::copy_bidirectional(&mut client, &mut backend)
+            .await
+            .ok(),
+    };
+    if let Some((a, b)) = copied {
         st.counters.bytes.fetch_add(a + b, Ordering::Relaxed);
     }
     st.counters.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+type Pipe = (std::os::fd::OwnedFd, std::os::fd::OwnedFd);
+
+fn pipe() -> std::io::Result<Pipe> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(std::io::Error::from)
+}
+
+/// One direction of a TCP connection with splice(2): socket → pipe → socket, 64 KiB at a
+/// time, until EOF (then the write side is shut down: half-close is kept) or an error.
+async fn splice_half(from: &TcpStream, to: &TcpStream, (pr, pw): Pipe) -> std::io::Result<u64> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    use tokio::io::Interest;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let n = match from.try_io(Interest::READABLE, || {
+            splice(from, None, &pw, None, 1 << 16, flags).map_err(std::io::Error::from)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            return Ok(total);
+        }
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, to, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(m) => {
+                    left -= m;
+                    total += m as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// One UDP client session: a connected socket to its endpoint.
