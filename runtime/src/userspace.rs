@@ -167,6 +167,25 @@ fn local_addrs() -> Vec<IpAddr> {
 /// A service port of a family, by name.
 type SpKey<'a> = (Family, &'a svcc_compiler::ir::ServicePortName);
 
+/// Every listener and every proxied TCP connection holds descriptors (a connection: two
+/// sockets and two pipes): raise the soft RLIMIT_NOFILE to the hard limit (kube-proxy's
+/// userspace proxier set 64000).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => {
+                    tracing::debug!(target: "svcc::userspace", from = soft, to = hard, "raised the open-file limit")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "svcc::userspace", error = %e, "cannot raise the open-file limit")
+                }
+            }
+        }
+    }
+}
+
 enum Bound {
     Tcp(std::net::TcpListener),
     Udp(std::net::UdpSocket),
@@ -220,6 +239,7 @@ fn bind(fam: Family, proto: L4Proto, port: u16) -> std::io::Result<Bound> {
 
 impl Proxy {
     pub fn new(range: (u16, u16), udp_timeout: Duration) -> std::io::Result<Proxy> {
+        raise_fd_limit();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("svcc-proxy")
