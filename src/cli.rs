@@ -614,6 +614,11 @@ fn diff(c: DiffCmd) -> Result<ExitCode> {
         eprintln!("svcc: diff compares nftables rulesets; for iptables, `svcc apply --backend iptables --dry-run` prints the restore input");
         return Ok(ExitCode::from(EXIT_INPUT));
     }
+    let mut out = out;
+    if settings.backend == Backend::Userspace {
+        // The ports `svcc run` assigns on an idle node (a port taken there moves its listener).
+        out.ruleset = userspace_ruleset(&out.ir, &settings);
+    }
     // Compare with what the kernel holds (its listing, parsed back by the grammar), so that the
     // difference is real even from a fresh process.
     if let Some(current) = kernel_listing(&out.ruleset) {
