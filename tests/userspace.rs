@@ -259,3 +259,52 @@ fn a_range_too_small_names_the_service_port_and_the_rest_works() {
         "{log}"
     );
 }
+
+#[test]
+fn a_port_in_use_moves_the_listener_to_the_next_one() {
+    if skip() {
+        return;
+    }
+    let t = Topo::new(1, &[CIP]);
+    t.write("svc.yaml", &service("web", CIP, TCP80, &eps(&[0]), ""));
+    // The port the listener would take on an idle node (what `svcc compile` prints).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svcc"))
+        .args([
+            "compile",
+            "--backend",
+            "userspace",
+            "--proxy-port-range",
+            "41700-41701",
+            "--node-ip",
+            NODE_IP,
+            "--hostname-override",
+            "node-a",
+        ])
+        .arg(t.dir.join("svc.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let preferred: u16 = if text.contains(". 41700") {
+        41700
+    } else {
+        41701
+    };
+    let other = if preferred == 41700 { 41701 } else { 41700 };
+    // Something else holds it in the node namespace.
+    let squatter = in_ns(&t.node, move || {
+        std::net::TcpListener::bind(("0.0.0.0", preferred)).unwrap()
+    });
+    let d = start_range(&t, "41700-41701");
+    assert_eq!(
+        tcp_from(&t.pod, &format!("{CIP}:80")).as_deref(),
+        Ok(ep(0, 8080).as_str()),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(listener_port(&t, &format!("{CIP} . tcp . 80")), Some(other));
+    drop(squatter);
+}
+
+fn start_range(t: &Topo, range: &str) -> Daemon {
+    Daemon::start(t, &["--backend", "userspace", "--proxy-port-range", range])
+}
