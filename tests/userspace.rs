@@ -70,6 +70,13 @@ fn connect_retry_hides_a_dead_endpoint() {
     assert!(d.metric("svcc_userspace_connect_retries_total") >= 4.0);
     assert!(d.metric("svcc_userspace_connect_failures_total") >= 4.0);
     assert_eq!(d.metric("svcc_userspace_listeners"), 1.0);
+    let labels = r#"{service_port="t/web:http",protocol="tcp",family="ip",role="internal"}"#;
+    assert_eq!(
+        d.metric(&format!(
+            "svcc_userspace_service_port_connections_accepted_total{labels}"
+        )),
+        10.0
+    );
 }
 
 #[test]

@@ -74,7 +74,9 @@ struct Listener {
     /// ClientIP affinity: client → (endpoint, last use).
     affinity: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
     udp_timeout: Duration,
+    /// The proxy's totals and this listener's own counters.
     counters: Arc<Counters>,
+    own: Arc<Counters>,
 }
 
 fn sockaddr(b: &Backend) -> SocketAddr {
@@ -82,6 +84,15 @@ fn sockaddr(b: &Backend) -> SocketAddr {
 }
 
 impl Listener {
+    fn add(&self, which: fn(&Counters) -> &AtomicU64, n: u64) {
+        which(&self.counters).fetch_add(n, Ordering::Relaxed);
+        which(&self.own).fetch_add(n, Ordering::Relaxed);
+    }
+    fn sub(&self, which: fn(&Counters) -> &AtomicU64, n: u64) {
+        which(&self.counters).fetch_sub(n, Ordering::Relaxed);
+        which(&self.own).fetch_sub(n, Ordering::Relaxed);
+    }
+
     /// The endpoints for `client` now.
     fn endpoints(&self, client: IpAddr) -> (Vec<SocketAddr>, Option<Duration>) {
         let t = self.target.read().unwrap_or_else(|e| e.into_inner());
@@ -261,6 +272,24 @@ impl Proxy {
         us::build_with_targets(ir, &self.ports(), &self.targets)
     }
 
+    /// Each listener's counters, with its Prometheus labels (one series per listener: the
+    /// number of service ports bounds the cardinality; never per client or endpoint).
+    pub fn listener_counters(&self) -> Vec<(String, Arc<Counters>)> {
+        self.listeners
+            .iter()
+            .map(|(k, h)| {
+                let labels = format!(
+                    "service_port=\"{}\",protocol=\"{}\",family=\"{}\",role=\"{}\"",
+                    k.name,
+                    k.name.protocol.keyword(),
+                    k.family.keyword(),
+                    k.role.keyword()
+                );
+                (labels, h.state.own.clone())
+            })
+            .collect()
+    }
+
     /// The port of each listener now bound.
     pub fn ports(&self) -> Ports {
         self.listeners
@@ -378,6 +407,7 @@ impl Proxy {
                 affinity: Mutex::new(HashMap::new()),
                 udp_timeout: self.udp_timeout,
                 counters: self.counters.clone(),
+                own: Arc::default(),
             });
             let _guard = self.rt.enter();
             let task = match sock {
@@ -428,7 +458,7 @@ async fn serve_tcp(l: TcpListener, st: Arc<Listener>) {
                 continue;
             }
         };
-        st.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        st.add(|c| &c.accepted, 1);
         tokio::spawn(proxy_tcp(client, peer, st.clone()));
     }
 }
@@ -438,16 +468,16 @@ async fn connect(st: &Listener, client: IpAddr) -> Option<TcpStream> {
     for (i, t) in DIAL_TIMEOUTS.iter().enumerate() {
         let ep = st.next_endpoint(client, i > 0)?;
         if i > 0 {
-            st.counters.retries.fetch_add(1, Ordering::Relaxed);
+            st.add(|c| &c.retries, 1);
         }
         match tokio::time::timeout(*t, TcpStream::connect(ep)).await {
             Ok(Ok(s)) => return Some(s),
             Ok(Err(e)) => {
-                st.counters.failed_connects.fetch_add(1, Ordering::Relaxed);
+                st.add(|c| &c.failed_connects, 1);
                 tracing::debug!(target: "svcc::userspace", endpoint = %ep, error = %e, "connect failed; trying the next endpoint");
             }
             Err(_) => {
-                st.counters.failed_connects.fetch_add(1, Ordering::Relaxed);
+                st.add(|c| &c.failed_connects, 1);
                 tracing::debug!(target: "svcc::userspace", endpoint = %ep, timeout = ?t, "connect timed out; trying the next endpoint");
             }
         }
@@ -462,7 +492,7 @@ async fn proxy_tcp(mut client: TcpStream, peer: SocketAddr, st: Arc<Listener>) {
     };
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
-    st.counters.active.fetch_add(1, Ordering::Relaxed);
+    st.add(|c| &c.active, 1);
     // splice(2) through a pipe per direction: the bytes never enter userspace. Without pipes
     // (fd limit), copy through buffers.
     let copied = match (pipe(), pipe()) {
@@ -476,9 +506,9 @@ async fn proxy_tcp(mut client: TcpStream, peer: SocketAddr, st: Arc<Listener>) {
             .ok(),
     };
     if let Some((a, b)) = copied {
-        st.counters.bytes.fetch_add(a + b, Ordering::Relaxed);
+        st.add(|c| &c.bytes, a + b);
     }
-    st.counters.active.fetch_sub(1, Ordering::Relaxed);
+    st.sub(|c| &c.active, 1);
 }
 
 type Pipe = (std::os::fd::OwnedFd, std::os::fd::OwnedFd);
@@ -658,7 +688,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, fam: Family, st: Arc<Listener>) {
                     continue;
                 };
                 if b.connect(ep).await.is_err() {
-                    st.counters.failed_connects.fetch_add(1, Ordering::Relaxed);
+                    st.add(|c| &c.failed_connects, 1);
                     continue;
                 }
                 let b = Arc::new(b);
@@ -670,7 +700,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, fam: Family, st: Arc<Listener>) {
                         last: last.clone(),
                     },
                 );
-                st.counters.udp_sessions.fetch_add(1, Ordering::Relaxed);
+                st.add(|c| &c.udp_sessions, 1);
                 tokio::spawn(udp_replies(
                     sock.clone(),
                     b.clone(),
@@ -686,7 +716,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, fam: Family, st: Arc<Listener>) {
         };
         last.store(since(epoch), Ordering::Relaxed);
         if backend.send(&buf[..n]).await.is_ok() {
-            st.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            st.add(|c| &c.bytes, n as u64);
         }
     }
 }
@@ -721,7 +751,7 @@ async fn udp_replies(
                     match send_from(&sock, &buf[..n], client, local) {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Ok(()) => {
-                            st.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            st.add(|c| &c.bytes, n as u64);
                             break;
                         }
                         Err(_) => break,

@@ -117,6 +117,8 @@ pub struct Metrics {
     /// Userspace mode: the proxy's counters (read live) and its listeners.
     pub userspace: Option<std::sync::Arc<crate::userspace::Counters>>,
     pub userspace_listeners: u64,
+    /// Userspace mode: each listener's labels and counters.
+    pub userspace_per_listener: Vec<(String, std::sync::Arc<crate::userspace::Counters>)>,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,7 @@ impl Default for Metrics {
             hc_failed: 0,
             userspace: None,
             userspace_listeners: 0,
+            userspace_per_listener: Vec::new(),
         }
     }
 }
@@ -401,6 +404,39 @@ impl Metrics {
                 ("svcc_userspace_udp_sessions_total", "counter", "Userspace mode: UDP client sessions started", &c.udp_sessions),
             ] {
                 o.scalar(name, ty, help, v.load(Relaxed) as f64);
+            }
+            type Pick = fn(&crate::userspace::Counters) -> &std::sync::atomic::AtomicU64;
+            let per: [(&str, &str, &str, Pick); 4] = [
+                (
+                    "svcc_userspace_service_port_connections_accepted_total",
+                    "counter",
+                    "Userspace mode: TCP connections accepted, per listener",
+                    |c| &c.accepted,
+                ),
+                (
+                    "svcc_userspace_service_port_connections_active",
+                    "gauge",
+                    "Userspace mode: TCP connections being proxied, per listener",
+                    |c| &c.active,
+                ),
+                (
+                    "svcc_userspace_service_port_connect_failures_total",
+                    "counter",
+                    "Userspace mode: failed connects to endpoints, per listener",
+                    |c| &c.failed_connects,
+                ),
+                (
+                    "svcc_userspace_service_port_bytes_total",
+                    "counter",
+                    "Userspace mode: bytes copied, per listener",
+                    |c| &c.bytes,
+                ),
+            ];
+            for (name, ty, help, pick) in per {
+                o.head(name, ty, help);
+                for (labels, c) in &self.userspace_per_listener {
+                    o.sample(name, labels, pick(c).load(Relaxed) as f64);
+                }
             }
         }
         o.0

@@ -351,7 +351,11 @@ impl Daemon {
                     p.sync(&ir);
                     ruleset = p.ruleset(&ir);
                     let n = p.ports().len() as u64;
-                    self.metrics(|m| m.userspace_listeners = n);
+                    let per = p.listener_counters();
+                    self.metrics(|m| {
+                        m.userspace_listeners = n;
+                        m.userspace_per_listener = per;
+                    });
                 }
                 self.stats = ruleset.stats();
                 let ir = Arc::new(ir);
