@@ -6,8 +6,13 @@
 //! worst case for iptables' linear `SVCC-SERVICES` chain. Each connection is opened and reset
 //! (SO_LINGER 0), so every try is a new conntrack entry and a full rule traversal.
 //!
-//!   sudo cargo run --release --example dataplane -- [--seconds 3] [--backend nft|iptables-legacy|iptables-nft] N...
+//!   sudo cargo run --release --example dataplane -- [--seconds 3] [--backend nft|iptables-legacy|iptables-nft|userspace] [--bulk] [--memory] N...
 //! prints one line per (backend, N): `backend services conn/s` (the median of five runs, taken in rounds over the sizes).
+//! `--bulk`: instead, the throughput of one TCP connection through the VIP (the backend sends
+//! zeros for the whole run), in Gbit/s. `--memory` (userspace only): the proxy's RSS growth per
+//! 1,000 open connections (this process holds the proxy; clients and servers are in the kernel).
+//! `userspace`: the proxy of `svcc run --backend userspace` runs in this process, in the node
+//! namespace, and its DNAT-to-listener rules are loaded with `nft -f`.
 
 #[path = "../fixtures/gen/cluster.rs"]
 mod cluster;
@@ -85,7 +90,24 @@ fn manifests(services: usize) -> Vec<Source> {
     ]
 }
 
-fn measure(backend: &str, services: usize, seconds: f64) -> f64 {
+#[derive(Clone, Copy, PartialEq)]
+enum What {
+    Connections,
+    Bulk,
+    Memory,
+}
+
+/// VmRSS of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn measure(backend: &str, services: usize, seconds: f64, what: What) -> f64 {
     let node = Ns::new("node");
     let client = Ns::new("client");
     let server = Ns::new("server");
@@ -155,7 +177,40 @@ fn measure(backend: &str, services: usize, seconds: f64) -> f64 {
     };
     let out = compile(&manifests(services), &settings, CompileOptions::default()).expect("compile");
     let t = Instant::now();
+    // Userspace mode: the proxy lives in a thread of the node namespace (its runtime's threads
+    // and sockets with it) until the measurement ends.
+    let proxy_stop = Arc::new(AtomicBool::new(false));
+    let mut proxy_thread = None;
     match backend {
+        "userspace" => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let name = node.0.clone();
+            let stop = proxy_stop.clone();
+            let mut s2 = settings.clone();
+            s2.backend = svcc_compiler::Backend::Userspace;
+            let ir = compile(&manifests(services), &s2, CompileOptions::default())
+                .expect("compile")
+                .ir;
+            proxy_thread = Some(std::thread::spawn(move || {
+                let ns = Ns(name);
+                ns.enter();
+                std::mem::forget(ns);
+                let mut p =
+                    svcc_runtime::userspace::Proxy::new((40000, 59999), Duration::from_millis(250))
+                        .expect("proxy");
+                p.sync(&ir);
+                let text = svcc_compiler::nft::render::render_replace(&p.ruleset(&ir));
+                tx.send(text).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }));
+            let text = rx.recv().expect("the proxy's rules");
+            let path = std::env::temp_dir().join(format!("svcc-dp-{}.nft", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            node.run("nft", &["-f", path.to_str().unwrap()]);
+            let _ = std::fs::remove_file(&path);
+        }
         "nft" => {
             let path = std::env::temp_dir().join(format!("svcc-dp-{}.nft", std::process::id()));
             std::fs::write(&path, out.nft_text()).unwrap();
@@ -192,20 +247,89 @@ fn measure(backend: &str, services: usize, seconds: f64) -> f64 {
             std::mem::forget(ns);
             let l = TcpListener::bind("0.0.0.0:8080").unwrap();
             l.set_nonblocking(true).unwrap();
+            let mut held = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(b"x");
-                    }
+                    Ok((mut s, _)) => match what {
+                        What::Connections => {
+                            let _ = s.write_all(b"x");
+                        }
+                        What::Memory => {
+                            let _ = s.write_all(b"x");
+                            held.push(s);
+                        }
+                        What::Bulk => {
+                            let stop = stop.clone();
+                            std::thread::spawn(move || {
+                                let _ = s.set_nonblocking(false);
+                                let buf = vec![0u8; 1 << 16];
+                                while !stop.load(Ordering::Relaxed) {
+                                    if s.write_all(&buf).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                    },
                     Err(_) => std::thread::sleep(Duration::from_micros(50)),
                 }
             }
         })
     };
     std::thread::sleep(Duration::from_millis(200));
+    let dst: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    if what != What::Connections {
+        let name = client.0.clone();
+        let result = std::thread::spawn(move || {
+            let ns = Ns(name);
+            ns.enter();
+            std::mem::forget(ns);
+            if what == What::Bulk {
+                let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2)).unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                // Warm up, then count.
+                let warm = Instant::now() + Duration::from_millis(300);
+                while Instant::now() < warm {
+                    let _ = s.read(&mut buf);
+                }
+                let t0 = Instant::now();
+                let end = t0 + Duration::from_secs_f64(seconds);
+                let mut bytes = 0u64;
+                while Instant::now() < end {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => bytes += n as u64,
+                    }
+                }
+                bytes as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9
+            } else {
+                // 1,000 open connections, each answered once (so the proxy has dialed it).
+                let before = rss_kib();
+                let mut conns = Vec::new();
+                let mut b = [0u8; 1];
+                for _ in 0..1000 {
+                    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2)).unwrap();
+                    s.read_exact(&mut b).unwrap();
+                    conns.push(s);
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                let after = rss_kib();
+                drop(conns);
+                (after.saturating_sub(before)) as f64 / 1024.0
+            }
+        })
+        .join()
+        .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        srv.join().unwrap();
+        proxy_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = proxy_thread {
+            t.join().unwrap();
+        }
+        return result;
+    }
     let count = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
-    let dst: SocketAddr = format!("{VIP}:80").parse().unwrap();
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let (count, failures, name) = (count.clone(), failures.clone(), client.0.clone());
@@ -235,6 +359,10 @@ fn measure(backend: &str, services: usize, seconds: f64) -> f64 {
     }
     stop.store(true, Ordering::Relaxed);
     srv.join().unwrap();
+    proxy_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = proxy_thread {
+        t.join().unwrap();
+    }
     let f = failures.load(Ordering::Relaxed);
     if f > 0 {
         eprintln!("  {f} connections failed");
@@ -250,8 +378,11 @@ fn main() {
     let mut seconds = 3.0;
     let mut backends: Vec<String> = Vec::new();
     let mut counts: Vec<usize> = Vec::new();
+    let mut what = What::Connections;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--bulk" => what = What::Bulk,
+            "--memory" => what = What::Memory,
             "--seconds" => {
                 seconds = args
                     .next()
@@ -268,21 +399,33 @@ fn main() {
     if counts.is_empty() {
         counts = vec![1, 1000, 10000];
     }
-    println!("backend\tservices\tconn/s");
+    let unit = match what {
+        What::Connections => "conn/s",
+        What::Bulk => "Gbit/s",
+        What::Memory => "MiB per 1k open connections",
+    };
+    println!("backend\tservices\t{unit}");
     for b in &backends {
         // The median of five runs, taken in rounds over the sizes: single runs on a 2-core
         // VM vary by ±15 %, and drift (the first runs of a series tend to be faster) must not
         // favour one size.
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
-        for _ in 0..RUNS {
+        // Memory: one run per process (the allocator reuses what an earlier run freed, so only
+        // a fresh process shows the growth); run one size per invocation.
+        let runs_n = if what == What::Memory { 1 } else { RUNS };
+        for _ in 0..runs_n {
             for (i, &n) in counts.iter().enumerate() {
-                runs[i].push(measure(b, n, seconds));
+                runs[i].push(measure(b, n, seconds, what));
             }
         }
         for (mut r, &n) in runs.into_iter().zip(&counts) {
             r.sort_by(|a, b| a.total_cmp(b));
             let rate = r[r.len() / 2];
-            println!("{b}\t{n}\t{rate:.0}");
+            if what == What::Connections {
+                println!("{b}\t{n}\t{rate:.0}");
+            } else {
+                println!("{b}\t{n}\t{rate:.2}");
+            }
         }
     }
 }

@@ -180,6 +180,8 @@ pub enum Emit {
 pub enum BackendFlag {
     Nftables,
     Iptables,
+    /// Redirect rules (nftables) to the proxy listeners of `svcc run --backend userspace`.
+    Userspace,
 }
 
 /// Node settings shared by every subcommand that compiles.
@@ -218,6 +220,14 @@ pub struct NodeFlags {
     /// the per-mode defaults.
     #[arg(long, value_enum)]
     pub backend: Option<BackendFlag>,
+    /// Userspace mode: the ports of the proxy listeners (kube-proxy's flag: LOW-HIGH,
+    /// BASE+SIZE or one port; empty, 0 or 0-0: the default 32768-60999).
+    #[arg(long, value_name = "RANGE")]
+    pub proxy_port_range: Option<String>,
+    /// Userspace mode: how long an idle UDP client session is kept (kube-proxy's
+    /// `--udp-timeout` / `udpIdleTimeout`; default 250ms).
+    #[arg(long, value_name = "DURATION")]
+    pub udp_timeout: Option<String>,
     /// Compile every valid object and report the others, instead of failing.
     #[arg(long)]
     pub keep_going: bool,
@@ -240,6 +250,7 @@ impl NodeFlags {
         let flag_backend = self.backend.map(|b| match b {
             BackendFlag::Nftables => Backend::Nftables,
             BackendFlag::Iptables => Backend::Iptables,
+            BackendFlag::Userspace => Backend::Userspace,
         });
         if let Some(path) = &self.config {
             let src = inputs::read_source(path).map_err(|d| vec![d])?;
@@ -277,6 +288,12 @@ impl NodeFlags {
             }
             if let Some(l) = f.conntrack_tcp_be_liberal {
                 s.conntrack_tcp_be_liberal = l;
+            }
+            if let Some(r) = f.proxy_port_range {
+                s.proxy_port_range = r;
+            }
+            if let Some(d) = f.udp_idle_timeout {
+                s.udp_idle_timeout = d;
             }
             let mut warnings = f.ignored_fields(&src.name, s.backend);
             svcc_compiler::manifest::locate(&mut warnings, std::slice::from_ref(&src));
@@ -318,6 +335,14 @@ impl NodeFlags {
         }
         s.service_node_port_range = parse_port_range(&self.service_node_port_range)
             .map_err(|e| input_error(format!("--service-node-port-range: {e}")))?;
+        if let Some(r) = &self.proxy_port_range {
+            s.proxy_port_range = svcc_compiler::config::parse_proxy_port_range(r)
+                .map_err(|e| input_error(format!("--proxy-port-range: {e}")))?;
+        }
+        if let Some(d) = &self.udp_timeout {
+            s.udp_idle_timeout = svcc_compiler::config::parse_duration(d)
+                .map_err(|e| input_error(format!("--udp-timeout: {e}")))?;
+        }
         if let Some(b) = flag_backend {
             s.backend = b;
         }
@@ -419,6 +444,10 @@ fn compile(c: CompileCmd) -> Result<ExitCode> {
     if c.emit == Emit::Nft && settings.backend == Backend::Iptables {
         return write_iptables(&out, c.output.as_deref());
     }
+    let mut out = out;
+    if c.emit == Emit::Nft && settings.backend == Backend::Userspace {
+        out.ruleset = userspace_ruleset(&out.ir, &settings);
+    }
     // Only what is written stays alive while it is written (the model of a big cluster is
     // the biggest thing svcc holds, the IR a tenth of it).
     let what = match c.emit {
@@ -453,6 +482,43 @@ fn compile(c: CompileCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--backend userspace`: the redirect rules for listener ports assigned from
+/// `--proxy-port-range` as `svcc run` would on an idle node (every port free). Service ports
+/// without a listener (SCTP, a range too small) are named on stderr.
+fn userspace_ruleset(
+    ir: &svcc_compiler::ir::Ir,
+    settings: &NodeSettings,
+) -> svcc_compiler::nft::model::Ruleset {
+    use svcc_compiler::userspace;
+    for f in &ir.families {
+        for sp in &f.service_ports {
+            if sp.protocol == svcc_compiler::nft::model::L4Proto::Sctp {
+                eprintln!(
+                    "warning: {} ({}): SCTP is not supported in userspace mode: no listener, its traffic is not proxied",
+                    sp.name,
+                    f.family.keyword()
+                );
+            }
+        }
+    }
+    let keys = userspace::listener_keys(ir);
+    let a = userspace::assign(
+        &keys,
+        settings.proxy_port_range,
+        &userspace::Ports::new(),
+        |_, _| true,
+    );
+    for k in &a.unassigned {
+        eprintln!(
+            "error: {k}: no free port left in --proxy-port-range {}-{} ({} listeners): not proxied",
+            settings.proxy_port_range.0,
+            settings.proxy_port_range.1,
+            keys.len()
+        );
+    }
+    userspace::build(ir, &a.ports)
 }
 
 /// `--backend iptables`: iptables-restore input for IPv4 (to FILE) and ip6tables-restore
@@ -513,6 +579,10 @@ fn apply(c: ApplyCmd) -> Result<ExitCode> {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    if settings.backend == Backend::Userspace {
+        eprintln!("svcc: the userspace mode's rules send traffic to proxy listeners that only `svcc run --backend userspace` opens; use it (or `svcc compile --backend userspace` to review the rules)");
+        return Ok(ExitCode::from(EXIT_INPUT));
+    }
     if settings.backend == Backend::Iptables {
         let sets = out.iptables();
         if c.dry_run {
@@ -589,6 +659,11 @@ fn diff_inner(c: DiffCmd) -> Result<ExitCode> {
     if settings.backend == Backend::Iptables {
         eprintln!("svcc: diff compares nftables rulesets; for iptables, `svcc apply --backend iptables --dry-run` prints the restore input");
         return Ok(ExitCode::from(EXIT_INPUT));
+    }
+    let mut out = out;
+    if settings.backend == Backend::Userspace {
+        // The ports `svcc run` assigns on an idle node (a port taken there moves its listener).
+        out.ruleset = userspace_ruleset(&out.ir, &settings);
     }
     // Compare with what the kernel holds (its listing, parsed back by the grammar), so that the
     // difference is real even from a fresh process.
@@ -668,7 +743,7 @@ fn kernel_listing(
 
 fn cleanup(c: CleanupCmd) -> Result<ExitCode> {
     match c.backend {
-        BackendFlag::Nftables => {
+        BackendFlag::Nftables | BackendFlag::Userspace => {
             let mut a = Applier::new().context("opening the netlink socket")?;
             let r = a.cleanup().context("deleting svcc's tables")?;
             eprintln!("{}", report_line(&r));

@@ -146,6 +146,27 @@ fn fixture_rulesets() {
     }
 }
 
+/// The userspace mode's redirect rules of every fixture case (ports from a fixed range).
+#[test]
+fn fixture_rulesets_userspace() {
+    let check = nft_available();
+    for dir in all_cases() {
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let args = [
+            "--backend",
+            "userspace",
+            "--proxy-port-range",
+            "40000-40999",
+        ];
+        let text = compile_case_with(&dir, &args);
+        insta::assert_snapshot!(format!("userspace__{name}"), text);
+        if check {
+            // Its own file name: fixture_rulesets checks the same cases in parallel.
+            nft_check(&format!("userspace-{name}"), &text);
+        }
+    }
+}
+
 #[test]
 fn the_example_compiles_as_documented() {
     // The README's exact command.

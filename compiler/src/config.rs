@@ -15,7 +15,29 @@ pub enum Backend {
     #[default]
     Nftables,
     Iptables,
+    /// kube-proxy's removed userspace mode: redirect rules (nftables) to proxy listeners of
+    /// `svcc run` (`runtime/src/userspace/`), which pick an endpoint and copy the bytes.
+    Userspace,
 }
+
+impl Backend {
+    /// The mode's name, as `mode:` of a KubeProxyConfiguration says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+            Backend::Userspace => "userspace",
+        }
+    }
+}
+
+/// The default `--proxy-port-range` of svcc's userspace mode: Linux's default ephemeral range
+/// (`net.ipv4.ip_local_port_range`). kube-proxy took any free port (port 0) when the flag was
+/// empty; svcc assigns ports deterministically from a range, so a ruleset can be reviewed.
+pub const DEFAULT_PROXY_PORT_RANGE: (u16, u16) = (32768, 60999);
+
+/// kube-proxy's default `udpIdleTimeout` (userspace mode).
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// `nodePortAddresses`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -67,6 +89,15 @@ pub fn parse_port_range(v: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
+/// kube-proxy's `--proxy-port-range` (`portRange`): `LOW-HIGH`, `BASE+SIZE` or one port; empty,
+/// `0` or `0-0` mean "unspecified" (kube-proxy: any free port; svcc: [`DEFAULT_PROXY_PORT_RANGE`]).
+pub fn parse_proxy_port_range(v: &str) -> Result<(u16, u16), String> {
+    match v.trim() {
+        "" | "0" | "0-0" => Ok(DEFAULT_PROXY_PORT_RANGE),
+        other => parse_port_range(other),
+    }
+}
+
 /// Everything about the node that changes the generated rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
@@ -89,6 +120,11 @@ pub struct NodeSettings {
     /// `conntrack.tcpBeLiberal`: kube-proxy then sets `nf_conntrack_tcp_be_liberal` and its
     /// iptables mode does not drop INVALID conntrack packets in KUBE-FORWARD.
     pub conntrack_tcp_be_liberal: bool,
+    /// Userspace mode: the listener ports (`--proxy-port-range`, `portRange`).
+    pub proxy_port_range: (u16, u16),
+    /// Userspace mode: idle time after which a UDP client session ends (`--udp-timeout`,
+    /// `udpIdleTimeout`).
+    pub udp_idle_timeout: Duration,
 }
 
 impl Default for NodeSettings {
@@ -106,6 +142,8 @@ impl Default for NodeSettings {
             sync_period: Duration::from_secs(30),
             service_node_port_range: DEFAULT_NODE_PORT_RANGE,
             conntrack_tcp_be_liberal: false,
+            proxy_port_range: DEFAULT_PROXY_PORT_RANGE,
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
         }
     }
 }
@@ -133,6 +171,10 @@ struct KubeProxyConfiguration {
     nftables: Option<ModeConfig>,
     iptables: Option<ModeConfig>,
     conntrack: Option<Conntrack>,
+    /// Userspace mode: `portRange` (kube-proxy's `--proxy-port-range`).
+    port_range: Option<String>,
+    /// Userspace mode: `udpIdleTimeout`.
+    udp_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +217,10 @@ pub struct FileSettings {
     pub localhost_node_ports: Option<bool>,
     /// `conntrack.tcpBeLiberal`.
     pub conntrack_tcp_be_liberal: Option<bool>,
+    /// `portRange` (userspace mode).
+    pub proxy_port_range: Option<(u16, u16)>,
+    /// `udpIdleTimeout` (userspace mode).
+    pub udp_idle_timeout: Option<Duration>,
 }
 
 /// One mode's section of a config file; `None` = not set there.
@@ -212,7 +258,8 @@ impl FileSettings {
     pub fn section(&self, mode: Backend) -> &ModeSettings {
         match mode {
             Backend::Nftables => &self.nftables,
-            Backend::Iptables => &self.iptables,
+            // kube-proxy's userspace mode ran on `iptables.syncPeriod`/`minSyncPeriod`.
+            Backend::Iptables | Backend::Userspace => &self.iptables,
         }
     }
 
@@ -220,8 +267,11 @@ impl FileSettings {
     pub fn ignored_fields(&self, file: &str, mode: Backend) -> Vec<Diagnostic> {
         let (used, other, used_key, other_key) = match mode {
             Backend::Nftables => (&self.nftables, &self.iptables, "nftables", "iptables"),
-            Backend::Iptables => (&self.iptables, &self.nftables, "iptables", "nftables"),
+            Backend::Iptables | Backend::Userspace => {
+                (&self.iptables, &self.nftables, "iptables", "nftables")
+            }
         };
+        let mode_name = mode.name();
         let origin = Origin {
             file: file.into(),
             doc: 0,
@@ -239,7 +289,7 @@ impl FileSettings {
                     Some("KubeProxyConfiguration".into()),
                     &[PathSeg::Key(other_key.into()), PathSeg::Key(f.into())],
                     format!(
-                        "ignored: svcc compiles {used_key} mode, which reads {used_key}.{f} (default used), like kube-proxy"
+                        "ignored: svcc compiles {mode_name} mode, which reads {used_key}.{f} (default used), like kube-proxy"
                     ),
                 )
             })
@@ -332,10 +382,11 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
         None | Some("") => None,
         Some("nftables") => Some(Backend::Nftables),
         Some("iptables") => Some(Backend::Iptables),
+        Some("userspace") => Some(Backend::Userspace),
         Some(m) => {
             errs.push(err(
                 &["mode"],
-                format!("mode {m:?} is unsupported by svcc (nftables or iptables)"),
+                format!("mode {m:?} is unsupported by svcc (nftables, iptables or userspace)"),
             ));
             None
         }
@@ -375,6 +426,18 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
     }
     out.localhost_node_ports = cfg.iptables.as_ref().and_then(|m| m.localhost_node_ports);
     out.conntrack_tcp_be_liberal = cfg.conntrack.as_ref().and_then(|c| c.tcp_be_liberal);
+    if let Some(r) = &cfg.port_range {
+        match parse_proxy_port_range(r) {
+            Ok(v) => out.proxy_port_range = Some(v),
+            Err(m) => errs.push(err(&["portRange"], m)),
+        }
+    }
+    if let Some(d) = &cfg.udp_idle_timeout {
+        match parse_duration(d) {
+            Ok(v) => out.udp_idle_timeout = Some(v),
+            Err(m) => errs.push(err(&["udpIdleTimeout"], m)),
+        }
+    }
     if let Some(npa) = &cfg.node_port_addresses {
         match parse_nodeport_addresses(npa) {
             Ok(v) => out.nodeport_addresses = Some(v),
@@ -518,6 +581,27 @@ mod tests {
         assert!(w[0].starts_with("iptables.masqueradeAll: ignored"), "{w:?}");
         assert!(w[1].starts_with("iptables.masqueradeBit: ignored"), "{w:?}");
         assert!(f.ignored_fields("kp.yaml", Backend::Iptables).is_empty());
+    }
+
+    /// `mode: userspace` reads `iptables:` (kube-proxy's userspace proxier ran on
+    /// `iptables.syncPeriod`), `portRange` and `udpIdleTimeout`; empty ranges mean the default.
+    #[test]
+    fn userspace_mode_settings() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nportRange: 40000+100\nudpIdleTimeout: 1s\niptables:\n  syncPeriod: 10s\n";
+        let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
+        assert_eq!(f.backend, Some(Backend::Userspace));
+        assert_eq!(f.proxy_port_range, Some((40000, 40099)));
+        assert_eq!(f.udp_idle_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(
+            f.section(Backend::Userspace).sync_period,
+            Some(Duration::from_secs(10))
+        );
+        for unset in ["", "0", "0-0"] {
+            assert_eq!(parse_proxy_port_range(unset), Ok(DEFAULT_PROXY_PORT_RANGE));
+        }
+        assert!(parse_proxy_port_range("70000").is_err());
+        let d = NodeSettings::default();
+        assert_eq!(d.udp_idle_timeout, Duration::from_millis(250));
     }
 
     /// kube-proxy's per-mode defaults (v1alpha1 `SetDefaults_KubeProxyConfiguration`): both

@@ -16,6 +16,7 @@ pub mod names;
 pub mod nft;
 pub mod session;
 pub mod trace;
+pub mod userspace;
 pub mod validate;
 
 pub use config::{Backend, NodePortAddresses, NodeSettings};

@@ -362,8 +362,11 @@ pub(crate) fn lower_tracked<'a>(
             NodePortAddresses::Primary => primary_or_all(notes),
             // Unset: each mode's default. nftables: `primary` (platformApplyDefaults);
             // iptables: every local address (`--dst-type LOCAL`, loopback excluded here).
+            // userspace: svcc's userspace mode is built on its nftables layout, so nftables'.
             NodePortAddresses::Unset => match settings.backend {
-                crate::config::Backend::Nftables => primary_or_all(notes),
+                crate::config::Backend::Nftables | crate::config::Backend::Userspace => {
+                    primary_or_all(notes)
+                }
                 crate::config::Backend::Iptables => {
                     if !services.is_empty() {
                         notes.push(format!(

@@ -194,6 +194,7 @@ fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Nftables => "nftables",
         Mode::Iptables => "iptables",
+        Mode::Userspace => "userspace",
     }
 }
 
@@ -559,7 +560,7 @@ impl<'s> Model<'s> {
                 defined.join(", ")
             );
             match mode {
-                Mode::Nftables => {
+                Mode::Nftables | Mode::Userspace => {
                     steps.push(what, "kube-proxy's nftables mode rejects traffic to an undefined port of a ClusterIP (cluster-ips-check)", at);
                     t.verdict = Verdict::Reject;
                 }
@@ -572,7 +573,7 @@ impl<'s> Model<'s> {
         if let Some(c) = fir.service_cidrs.iter().find(|c| c.contains(&dst)) {
             let what = format!("{dst} is in the service CIDR {c} but is no Service's ClusterIP");
             match mode {
-                Mode::Nftables => {
+                Mode::Nftables | Mode::Userspace => {
                     steps.push(what, "kube-proxy's nftables mode drops traffic to unallocated service-CIDR addresses (cluster-ips-check)", None);
                     t.verdict = Verdict::Drop;
                 }

@@ -172,9 +172,10 @@ fn match_uses_dport(m: &Match) -> bool {
 
 fn stmt_uses_dport(s: &Stmt) -> bool {
     match s {
-        Stmt::DnatMap { key, .. } | Stmt::Update { key, .. } | Stmt::Vmap { key, .. } => {
-            key_has_dport(key)
-        }
+        Stmt::DnatMap { key, .. }
+        | Stmt::RedirectMap { key, .. }
+        | Stmt::Update { key, .. }
+        | Stmt::Vmap { key, .. } => key_has_dport(key),
         _ => false,
     }
 }

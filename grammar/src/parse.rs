@@ -201,6 +201,7 @@ fn rule_name(r: &R) -> String {
         R::s_masquerade => "`masquerade`",
         R::fully_random => "`fully-random`",
         R::s_dnat_map | R::s_dnat => "`dnat`",
+        R::s_redirect_map => "`redirect`",
         R::dnat_v4 | R::dnat_v6 => "an address:port",
         R::s_update => "`update`",
         R::s_reject => "`reject`",
@@ -833,6 +834,7 @@ fn rule(p: Pair<R>, fam: Family) -> Res<Rule> {
             R::s_mark
             | R::s_masquerade
             | R::s_dnat_map
+            | R::s_redirect_map
             | R::s_dnat
             | R::s_update
             | R::s_reject
@@ -1016,6 +1018,17 @@ fn stmt(p: Pair<R>, fam: Family) -> Res<(Stmt, Option<L4Proto>)> {
             let (key, res) = key(it.next().unwrap(), fam)?;
             (
                 Stmt::DnatMap {
+                    key,
+                    map: set_name(it.next().unwrap()),
+                },
+                res,
+            )
+        }
+        R::s_redirect_map => {
+            let mut it = p.into_inner();
+            let (key, res) = key(it.next().unwrap(), fam)?;
+            (
+                Stmt::RedirectMap {
                     key,
                     map: set_name(it.next().unwrap()),
                 },

@@ -155,6 +155,7 @@ fn every_variant_is_covered_by_the_samples() {
         "Masquerade",
         "Dnat {",
         "DnatMap",
+        "RedirectMap",
         "Update {",
         "Reject",
         "Vmap {",

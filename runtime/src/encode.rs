@@ -986,6 +986,17 @@ impl<'b> Enc<'b> {
                 o.add_expr(self.lookup(1, Some(1), map, false)?);
                 o.add_expr(self.nat(1, reg(self.addr_len() / 4)));
             }
+            Stmt::RedirectMap { key, map } => {
+                // The map yields the port (2 bytes) at the start of register 1.
+                self.load_key(o, key, map)?;
+                o.add_expr(self.lookup(1, Some(1), map, false)?);
+                o.add_expr(
+                    Expr::new(c(b"redir\0"))
+                        .u32(s::NFTNL_EXPR_REDIR_REG_PROTO_MIN, 1)
+                        .u32(s::NFTNL_EXPR_REDIR_REG_PROTO_MAX, 1)
+                        .u32(s::NFTNL_EXPR_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED),
+                );
+            }
             Stmt::Update {
                 set,
                 key,

@@ -30,6 +30,21 @@ pub trait Loader: Send + Sync {
     fn build(&self, input: &CaseInput<'_>, work: &Path) -> Result<PathBuf, String>;
     /// Loads it into the namespace.
     fn load(&self, netns: &str, file: &Path, input: &CaseInput<'_>) -> Result<(), String>;
+    /// Starts what must keep running while the flows run (a daemon); it is stopped when the
+    /// returned guard is dropped, also on failure.
+    fn start(
+        &self,
+        _netns: &str,
+        _file: &Path,
+        _input: &CaseInput<'_>,
+    ) -> Result<Option<Running>, String> {
+        Ok(None)
+    }
+    /// The backends see a node address as the source of every connection (a proxy dials them):
+    /// every `backends` outcome then expects masquerading, whatever the flow says.
+    fn source_is_node(&self) -> bool {
+        false
+    }
     /// What is loaded now, for failure reports.
     fn dump(&self, netns: &str) -> String {
         run_in(netns, "nft", &["list", "ruleset"]).unwrap_or_else(|e| e)
@@ -167,6 +182,140 @@ impl Loader for IptablesRestore {
     }
 }
 
+/// A process started by a loader, killed (and reaped) on drop.
+pub struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The listener ports of the userspace loader: outside the clients' source ports
+/// (`run::CLIENT_PORTS`), so a node-sourced client never collides with a listener.
+pub const USERSPACE_PORTS: &str = "61000-61999";
+
+/// `svcc run --backend userspace` in the node namespace (the rules and the proxy listeners),
+/// ready when its `/healthz` answers 200 (rules applied, every listener bound). The artifact is
+/// `svcc compile --backend userspace` of the same inputs (the rules `svcc run` starts with).
+pub struct Userspace;
+
+impl Loader for Userspace {
+    fn name(&self) -> String {
+        "userspace".into()
+    }
+    fn build(&self, input: &CaseInput<'_>, work: &Path) -> Result<PathBuf, String> {
+        let out = work.join("ruleset.nft");
+        compile(
+            input,
+            &[
+                "--backend",
+                "userspace",
+                "--proxy-port-range",
+                USERSPACE_PORTS,
+            ],
+            &out,
+        )?;
+        Ok(out)
+    }
+    fn load(&self, _netns: &str, _file: &Path, _input: &CaseInput<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    fn start(
+        &self,
+        netns: &str,
+        file: &Path,
+        input: &CaseInput<'_>,
+    ) -> Result<Option<Running>, String> {
+        let files = crate::case::manifest_files(input.dir);
+        let mut flags = input.case.compile_args(input.dir);
+        flags.truncate(flags.len() - files.len());
+        let mut args: Vec<String> = [
+            "run",
+            "--backend",
+            "userspace",
+            "--proxy-port-range",
+            USERSPACE_PORTS,
+            "--min-sync-period",
+            "0s",
+            "--metrics-bind-address",
+            "",
+            "--healthz-bind-address",
+            "127.0.0.1:10256",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(flags);
+        for f in &files {
+            args.push("--watch".into());
+            args.push(f.display().to_string());
+        }
+        let log = file.with_file_name("svcc-run.log");
+        let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(svcc_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start svcc run: {e}"))?;
+        let mut running = Running(child);
+        let ns = netns.to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = running.0.try_wait() {
+                return Err(format!(
+                    "svcc run exited ({st}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            let ns2 = ns.clone();
+            let ok = std::thread::spawn(move || healthz_ok(&ns2))
+                .join()
+                .unwrap_or(false);
+            if ok {
+                return Ok(Some(running));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "svcc run: /healthz not 200 after 20 s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    fn source_is_node(&self) -> bool {
+        true
+    }
+}
+
+/// `GET /healthz` on 127.0.0.1:10256 of a namespace (this thread enters it): 200?
+fn healthz_ok(ns: &str) -> bool {
+    use std::io::{Read, Write};
+    if crate::netns::enter(ns).is_err() {
+        return false;
+    }
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:10256".parse().unwrap(),
+        std::time::Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
 /// Hand-written rules: `DIR/<case>.nft`, loaded with `nft -f`.
 pub struct Prebuilt(pub PathBuf);
 
@@ -188,7 +337,7 @@ impl Loader for Prebuilt {
 /// The loaders named by `SVCC_FLOW_LOADERS` (default: every backend and loader).
 pub fn from_env() -> Result<Vec<Box<dyn Loader>>, String> {
     let spec = std::env::var("SVCC_FLOW_LOADERS")
-        .unwrap_or_else(|_| "nft,apply,iptables-nft,iptables-legacy".into());
+        .unwrap_or_else(|_| "nft,apply,iptables-nft,iptables-legacy,userspace".into());
     let mut v: Vec<Box<dyn Loader>> = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match item {
@@ -196,10 +345,11 @@ pub fn from_env() -> Result<Vec<Box<dyn Loader>>, String> {
             "apply" => v.push(Box::new(SvccApply)),
             "iptables" | "iptables-nft" => v.push(Box::new(IptablesRestore("nft"))),
             "iptables-legacy" => v.push(Box::new(IptablesRestore("legacy"))),
+            "userspace" => v.push(Box::new(Userspace)),
             s if s.starts_with("prebuilt:") => v.push(Box::new(Prebuilt(PathBuf::from(&s["prebuilt:".len()..])))),
             other => {
                 return Err(format!(
-                    "SVCC_FLOW_LOADERS: unknown loader `{other}` (known: nft, apply, iptables[-nft], iptables-legacy, prebuilt:DIR)"
+                    "SVCC_FLOW_LOADERS: unknown loader `{other}` (known: nft, apply, iptables[-nft], iptables-legacy, userspace, prebuilt:DIR)"
                 ))
             }
         }

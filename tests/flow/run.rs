@@ -14,7 +14,7 @@ use crate::client::{try_once, Seen};
 use crate::loader::{CaseInput, Loader};
 use crate::manifest;
 use crate::netns;
-use crate::schema::{self, Expect, Flow, Source, Topology};
+use crate::schema::{self, Expect, Flow, Masquerade, Source, Topology};
 use crate::server::Server;
 use crate::topo::{Plan, Role};
 
@@ -292,6 +292,14 @@ pub fn run_case(p: &Prepared, loader: &dyn Loader, loader_label: &str) -> Result
             work.display()
         )
     })?;
+    // A daemon the loader runs while the flows run (userspace: `svcc run`), stopped on return.
+    let _running = loader.start(&node_ns, &file, &input).map_err(|e| {
+        format!(
+            "starting {} failed:\n{e}\n(work dir kept: {})",
+            loader.name(),
+            work.display()
+        )
+    })?;
 
     let binds: Vec<(String, Vec<IpAddr>)> = p
         .plan
@@ -317,6 +325,15 @@ pub fn run_case(p: &Prepared, loader: &dyn Loader, loader_label: &str) -> Result
         .flows
         .iter()
         .filter_map(|f| f.for_loader(&loader_name))
+        .map(|mut f| {
+            // Loader-level rule (docs/FLOW-TESTS.md): a proxy's backends always see the node.
+            if loader.source_is_node() {
+                if let Expect::Backends { masquerade, .. } = &mut f.expect {
+                    *masquerade = Masquerade::All(true);
+                }
+            }
+            f
+        })
         .collect();
     let skipped = p.flows.len() - flows.len();
     let results: Mutex<Vec<FlowResult>> = Mutex::new(Vec::new());

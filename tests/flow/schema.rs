@@ -301,12 +301,13 @@ fn parse_flow(index: usize, v: &Value) -> Result<Flow, String> {
     }
     let expect = parse_expect(&format!("{at}.expect"), &raw.expect)?;
     // A mistyped loader would silently never match: only known loaders (or families).
-    const LOADERS: [&str; 6] = [
+    const LOADERS: [&str; 7] = [
         "nft",
         "apply",
         "iptables",
         "iptables-nft",
         "iptables-legacy",
+        "userspace",
         "prebuilt",
     ];
     for (field, k) in raw

@@ -609,6 +609,11 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's pid (`ip netns exec` execs it), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         let (st, text) = http_get(&self.node, METRICS, "/metrics").expect("GET /metrics");
         assert_eq!(st, 200);

@@ -334,6 +334,10 @@ pub enum Stmt {
     /// yields `address . port`; KEY is packet fields (`@affinity`) or numgen values
     /// (`@endpoints`: `numgen random mod 1 offset ID . numgen random mod N`).
     DnatMap { key: Vec<Field>, map: String },
+    /// `redirect to :KEY map @MAP` (terminal; breaks the rule on a miss): the packet goes to
+    /// the node itself (the incoming interface's primary address; loopback from the node),
+    /// on the port the map yields for KEY. The userspace mode's path to its proxy listeners.
+    RedirectMap { key: Vec<Field>, map: String },
     /// `update @SET { KEY timeout Ns : DATA }`: refresh or add a dynamic element.
     Update {
         set: String,

@@ -321,6 +321,11 @@ fn write_stmt(out: &mut String, fam: Family, s: &Stmt) {
             write_key(out, fam, key);
             write!(out, " map @{map}")
         }
+        Stmt::RedirectMap { key, map } => {
+            out.push_str("redirect to :");
+            write_key(out, fam, key);
+            write!(out, " map @{map}")
+        }
         Stmt::Update {
             set,
             key,

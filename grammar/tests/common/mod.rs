@@ -220,6 +220,14 @@ pub fn sample(fam: Family) -> Ruleset {
         Some("apiserver"),
     )];
 
+    // The userspace mode's listener ports: frontend -> proxy port.
+    let mut proxy_ports = set("proxy-ports", vkey.clone(), Some(SetData::Values(vec![S])));
+    proxy_ports.elements = vec![el(
+        vec![Addr(a("10.96.0.1", "fd00:96::1")), Proto(tcp), Port(443)],
+        Some(ElemData::Values(vec![Port(40123)])),
+        Some("default/kubernetes:https"),
+    )];
+
     // The compiler's endpoint map: id . slot -> address . port, declared with typeof.
     let mut endpoints = set(
         "endpoints",
@@ -429,6 +437,11 @@ pub fn sample(fam: Family) -> Ruleset {
             Rule::new().m(Match::L4Proto(tcp)).s(Stmt::Dnat {
                 addr: a("10.1.0.6", "fd00:1::6"),
                 port: 8080,
+            }),
+            // The userspace mode: to the proxy listener of the frontend.
+            Rule::new().m(Match::L4Proto(udp)).s(Stmt::RedirectMap {
+                key: vec![Field::Daddr, Field::L4Proto, Field::Dport],
+                map: "proxy-ports".into(),
             }),
             // As the compiler picks endpoints: a constant id (mod 1) . a random slot.
             Rule::new().m(Match::L4Proto(tcp)).s(Stmt::DnatMap {
@@ -863,6 +876,7 @@ pub fn sample(fam: Family) -> Ruleset {
                 affinity2,
                 affinity4,
                 fw_allow,
+                proxy_ports,
             ],
             chains,
         }],

@@ -114,6 +114,11 @@ pub struct Metrics {
     pub phases: Phases,
     pub hc_listening: u64,
     pub hc_failed: u64,
+    /// Userspace mode: the proxy's counters (read live) and its listeners.
+    pub userspace: Option<std::sync::Arc<crate::userspace::Counters>>,
+    pub userspace_listeners: u64,
+    /// Userspace mode: each listener's labels and counters.
+    pub userspace_per_listener: Vec<(String, std::sync::Arc<crate::userspace::Counters>)>,
 }
 
 impl Default for Metrics {
@@ -146,6 +151,9 @@ impl Default for Metrics {
             phases: Phases::default(),
             hc_listening: 0,
             hc_failed: 0,
+            userspace: None,
+            userspace_listeners: 0,
+            userspace_per_listener: Vec::new(),
         }
     }
 }
@@ -379,6 +387,58 @@ impl Metrics {
         );
         o.sample(h, "state=\"listening\"", self.hc_listening as f64);
         o.sample(h, "state=\"failed\"", self.hc_failed as f64);
+        if let Some(c) = &self.userspace {
+            use std::sync::atomic::Ordering::Relaxed;
+            o.scalar(
+                "svcc_userspace_listeners",
+                "gauge",
+                "Userspace mode: proxy listeners bound (one per service port and role)",
+                self.userspace_listeners as f64,
+            );
+            for (name, ty, help, v) in [
+                ("svcc_userspace_connections_accepted_total", "counter", "Userspace mode: TCP connections accepted", &c.accepted),
+                ("svcc_userspace_connections_active", "gauge", "Userspace mode: TCP connections being proxied", &c.active),
+                ("svcc_userspace_connect_failures_total", "counter", "Userspace mode: failed connects to endpoints (each is retried on the next endpoint, up to 4 attempts)", &c.failed_connects),
+                ("svcc_userspace_connect_retries_total", "counter", "Userspace mode: connects after a failed one", &c.retries),
+                ("svcc_userspace_bytes_total", "counter", "Userspace mode: bytes copied, both directions, TCP and UDP", &c.bytes),
+                ("svcc_userspace_udp_sessions_total", "counter", "Userspace mode: UDP client sessions started", &c.udp_sessions),
+            ] {
+                o.scalar(name, ty, help, v.load(Relaxed) as f64);
+            }
+            type Pick = fn(&crate::userspace::Counters) -> &std::sync::atomic::AtomicU64;
+            let per: [(&str, &str, &str, Pick); 4] = [
+                (
+                    "svcc_userspace_service_port_connections_accepted_total",
+                    "counter",
+                    "Userspace mode: TCP connections accepted, per listener",
+                    |c| &c.accepted,
+                ),
+                (
+                    "svcc_userspace_service_port_connections_active",
+                    "gauge",
+                    "Userspace mode: TCP connections being proxied, per listener",
+                    |c| &c.active,
+                ),
+                (
+                    "svcc_userspace_service_port_connect_failures_total",
+                    "counter",
+                    "Userspace mode: failed connects to endpoints, per listener",
+                    |c| &c.failed_connects,
+                ),
+                (
+                    "svcc_userspace_service_port_bytes_total",
+                    "counter",
+                    "Userspace mode: bytes copied, per listener",
+                    |c| &c.bytes,
+                ),
+            ];
+            for (name, ty, help, pick) in per {
+                o.head(name, ty, help);
+                for (labels, c) in &self.userspace_per_listener {
+                    o.sample(name, labels, pick(c).load(Relaxed) as f64);
+                }
+            }
+        }
         o.0
     }
 }

@@ -114,6 +114,18 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         Applier::new().map_err(|e| start(format!("cannot open the netlink socket: {e}")))?;
     let ct = conntrack::Reconciler::start(shared.clone())
         .map_err(|e| start(format!("starting the conntrack thread: {e}")))?;
+    // Userspace mode: the proxy's runtime and listeners (created after the signals are blocked,
+    // so its threads do not take them).
+    let proxy = match s.backend {
+        svcc_compiler::Backend::Userspace => Some(
+            crate::userspace::Proxy::new(s.proxy_port_range, s.udp_idle_timeout)
+                .map_err(|e| start(format!("starting the userspace proxy: {e}")))?,
+        ),
+        _ => None,
+    };
+    if let (Some(p), Ok(mut m)) = (&proxy, shared.metrics.lock()) {
+        m.userspace = Some(p.counters.clone());
+    }
     let fs_tx = tx.clone();
     let inputs = Inputs::new(&cfg.watch, move |ev| {
         let _ = fs_tx.send(Ev::Fs(ev));
@@ -149,6 +161,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         full_next: false,
         stats: Stats::default(),
         verifies_since_full: 0,
+        proxy,
     };
     let sig = d.run(&rx);
     match sig {
@@ -185,6 +198,9 @@ struct Daemon {
     stats: Stats,
     /// Verifications done as (empty) deltas since the last full compile.
     verifies_since_full: u32,
+    /// Userspace mode: the proxy. Every sync then compiles in full, binds the listeners of
+    /// the new IR, then applies the redirect rules to them.
+    proxy: Option<crate::userspace::Proxy>,
 }
 
 /// Every this many verifications (syncPeriod), one compiles and compares everything.
@@ -287,7 +303,7 @@ impl Daemon {
         let t1 = Instant::now();
         let mut applied = None;
         let full_verify = verify && self.verifies_since_full + 1 >= FULL_VERIFY_EVERY;
-        if !(full_verify || retrying || first || self.full_next) {
+        if !(full_verify || retrying || first || self.full_next || self.proxy.is_some()) {
             if let Some(inc) = self.session.compile_delta() {
                 let compile = t1.elapsed();
                 match self
@@ -327,7 +343,20 @@ impl Daemon {
                 let out = self.session.compile();
                 let compile = t1.elapsed();
                 self.report_diagnostics(&out.diagnostics, &out.notes);
-                let Output { ir, ruleset, .. } = out;
+                let Output {
+                    ir, mut ruleset, ..
+                } = out;
+                if let Some(p) = &mut self.proxy {
+                    // Listeners first (bound before any rule sends traffic to them).
+                    p.sync(&ir);
+                    ruleset = p.ruleset(&ir);
+                    let n = p.ports().len() as u64;
+                    let per = p.listener_counters();
+                    self.metrics(|m| {
+                        m.userspace_listeners = n;
+                        m.userspace_per_listener = per;
+                    });
+                }
                 self.stats = ruleset.stats();
                 let ir = Arc::new(ir);
                 if first {
@@ -345,7 +374,10 @@ impl Daemon {
                 if let (Err(e), false) = (&result, full_first) {
                     self.metrics(|m| m.sync_failures += 1);
                     tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
-                    let again = self.session.compile().ruleset;
+                    let again = match &self.proxy {
+                        Some(p) => p.ruleset(&ir),
+                        None => self.session.compile().ruleset,
+                    };
                     result = self.applier.apply_owned(again, &opts(true));
                 }
                 (result, ir, compile)
@@ -428,7 +460,10 @@ impl Daemon {
             h.updated();
         }
         // Stale UDP conntrack entries: after the rules are in, on the reconciler's thread.
-        self.ct.submit(ir, verify);
+        // (Userspace mode: conntrack entries point at the proxy, never at an endpoint.)
+        if self.proxy.is_none() {
+            self.ct.submit(ir, verify);
+        }
         if drift {
             tracing::warn!(target: "svcc::sync", reason = %r.reason, "svcc's tables were changed by another program: replaced them");
         }
