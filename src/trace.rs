@@ -24,7 +24,7 @@ Examples:
   # An external client on a NodePort, UDP, as JSON:
   svcc trace --node-ip 192.168.0.2 --cluster-cidr 10.0.0.0/16 cluster.yaml \\
       --from 203.0.113.7 --to 192.168.0.2 --port 30053 --proto udp --output json
-  # The same packet in iptables mode:
+  # The same packet in iptables or userspace mode:
   svcc trace --backend iptables ...
 
 Where the packet comes from is decided as the node sees it: a node IP is the node itself

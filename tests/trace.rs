@@ -1,4 +1,4 @@
-//! `svcc trace` against the kernel: for every flow of every packet-flow case, in both modes,
+//! `svcc trace` against the kernel: for every flow of every packet-flow case, in every mode,
 //! the trace's verdict, backend set, masquerade and affinity must be what the flow expects —
 //! and the flow tests (tests/flow.rs) prove in the real kernel that the flow gets exactly that.
 //! A disagreement fails here whichever side is wrong: the interpreter of the IR
@@ -78,6 +78,7 @@ fn client(c: &Case, topo: &Topology, f: &Flow) -> Option<String> {
 fn loaders(mode: &str) -> &'static [&'static str] {
     match mode {
         "nftables" => &["nft", "apply"],
+        "userspace" => &["userspace"],
         _ => &["iptables-nft", "iptables-legacy"],
     }
 }
@@ -85,7 +86,14 @@ fn loaders(mode: &str) -> &'static [&'static str] {
 /// The flow as a mode's loaders run it: None if one of them skips it.
 fn for_mode(f: &Flow, mode: &str) -> Option<Flow> {
     let mut runs = loaders(mode).iter().map(|l| f.for_loader(l));
-    let first = runs.next()??;
+    let mut first = runs.next()??;
+    // The userspace loader's rule (docs/FLOW-TESTS.md): the proxy dials from the node, so
+    // every backend sees a node address.
+    if mode == "userspace" {
+        if let Expect::Backends { masquerade, .. } = &mut first.expect {
+            *masquerade = schema::Masquerade::All(true);
+        }
+    }
     for r in runs {
         assert_eq!(
             r?.expect,
@@ -127,7 +135,7 @@ fn check_case(dir: &Path) -> (usize, Vec<String>) {
     let topo = schema::parse_topology(c.topology.as_ref()).unwrap();
     let mut checked = 0;
     let mut bad = Vec::new();
-    for mode in ["nftables", "iptables"] {
+    for mode in ["nftables", "iptables", "userspace"] {
         for f in &flows {
             let Some(f) = for_mode(f, mode) else {
                 continue;

@@ -24,6 +24,7 @@ use crate::ir::{
 use crate::lower::{self, SvcKey};
 use crate::manifest::{self, Object, Source};
 use crate::nft::model::{Family, L4Proto};
+use crate::userspace;
 
 /// A packet as the node first sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,6 +119,8 @@ pub struct Model<'s> {
     pub notes: Vec<String>,
     /// Addresses of the node besides its node IPs (see [`Model::with_local_addresses`]).
     local_addresses: Vec<IpAddr>,
+    /// Userspace mode: the listener ports `svcc compile` assigns (an idle node).
+    listener_ports: userspace::Ports,
 }
 
 /// A step's provenance before it is located: the object's origin, its label, the field.
@@ -229,6 +232,18 @@ impl<'s> Model<'s> {
         let parsed = manifest::parse_sources(sources, &mut diagnostics);
         let ir = lower::lower(&parsed, settings, &mut diagnostics, &mut notes);
         manifest::locate(&mut diagnostics, sources);
+        let listener_ports = if settings.backend == Mode::Userspace {
+            let keys = userspace::listener_keys(&ir);
+            userspace::assign(
+                &keys,
+                settings.proxy_port_range,
+                &Default::default(),
+                |_, _| true,
+            )
+            .ports
+        } else {
+            Default::default()
+        };
         Model {
             sources,
             objects: parsed.objects,
@@ -237,6 +252,7 @@ impl<'s> Model<'s> {
             diagnostics,
             notes,
             local_addresses: Vec::new(),
+            listener_ports,
         }
     }
 
@@ -713,6 +729,19 @@ impl<'s> Model<'s> {
             self.service_at(sp, &self.frontend_field(sp, kind, p.destination)),
         );
         let external = kind != FrontendKind::ClusterIp;
+        if mode == Mode::Userspace && sp.protocol == L4Proto::Sctp {
+            let (verdict, why) = if external {
+                (
+                    Verdict::Accept,
+                    "no listener, so no redirect: the packet is left alone",
+                )
+            } else {
+                (Verdict::Reject, "no listener, so no redirect: the ClusterIP's filter rule rejects it (cluster-ips-check)")
+            };
+            steps.push("SCTP is not supported by the userspace proxy", why, None);
+            t.verdict = verdict;
+            return;
+        }
 
         // loadBalancerSourceRanges: a pre-DNAT filter (nftables: always; iptables: only while
         // the service has endpoints, `usesFWChain`).
@@ -724,7 +753,7 @@ impl<'s> Model<'s> {
                     .any(|f| f.kind == FrontendKind::LoadBalancer && f.addr == Some(p.source));
             let allowed = pol.source_ranges.iter().any(|r| r.contains(&p.source)) || lb_src;
             let at = self.service_at(sp, &[key("spec"), key("loadBalancerSourceRanges")]);
-            let enforced = mode == Mode::Nftables || d.has_endpoints;
+            let enforced = mode != Mode::Iptables || d.has_endpoints;
             if !allowed && enforced {
                 steps.push(
                     format!("source {} is outside loadBalancerSourceRanges", p.source),
@@ -835,6 +864,10 @@ impl<'s> Model<'s> {
             PolicyChain::Local => &b.local,
         };
         self.endpoint_steps(sp, p, chain, set, steps);
+        if mode == Mode::Userspace {
+            self.userspace_path(fir, sp, external, set, t, steps);
+            return;
+        }
 
         // Masquerade (kube-proxy's mark-for-masquerade), then what the kernel does with it.
         if !external {
@@ -928,6 +961,75 @@ impl<'s> Model<'s> {
             NodePortAddrs::AllLocal => self.node_addresses().contains(&dst),
             NodePortAddrs::Addrs(a) => a.contains(&dst),
         }
+    }
+
+    /// Userspace mode: the packet is DNATed to the proxy's listener, which opens its own
+    /// connection from the node to an endpoint (round robin, ClientIP affinity).
+    fn userspace_path(
+        &self,
+        fir: &FamilyIr,
+        sp: &ServicePort,
+        external: bool,
+        set: &[Backend],
+        t: &mut Trace,
+        steps: &mut Steps,
+    ) {
+        let plan = userspace::plan(sp);
+        let role = if external {
+            plan.external
+        } else {
+            plan.internal
+        };
+        let listener = role.map(|role| userspace::ListenerKey {
+            family: fir.family,
+            name: sp.name.clone(),
+            role,
+        });
+        let port = listener.as_ref().and_then(|k| self.listener_ports.get(k));
+        steps.push(
+            match port {
+                Some(p) => format!("redirected to the userspace proxy's listener on node port {p}"),
+                None => "redirected to the userspace proxy's listener".to_string(),
+            },
+            "the listener's port is assigned from --proxy-port-range by a hash of the service port's name (svcc run keeps it while the service port exists)",
+            None,
+        );
+        let n = set.len() as f64;
+        t.backends = set
+            .iter()
+            .map(|e| TraceBackend {
+                address: e.addr,
+                port: e.port,
+                probability: 1.0 / n,
+                local: e.local,
+                masquerade: true,
+            })
+            .collect();
+        t.masquerade = true;
+        steps.push(
+            "the backend sees a node address",
+            "the proxy opens its own connection from the node (the userspace mode's trade-off: no client address at the backend)",
+            None,
+        );
+        if let Some(to) = sp.policy.affinity_timeout {
+            t.affinity = true;
+            t.affinity_timeout_seconds = Some(to);
+            steps.push(
+                "ClientIP session affinity",
+                format!("the proxy keeps a client on its endpoint for {to} s"),
+                self.service_at(sp, &[key("spec"), key("sessionAffinity")]),
+            );
+        }
+        steps.push(
+            "proxied",
+            format!(
+                "to one of {} endpoint(s) in turn (round robin; each gets 1/{} of new connections); a failed connect tries the next",
+                set.len(),
+                set.len()
+            ),
+            None,
+        );
+        t.verdict = Verdict::Dnat;
     }
 
     /// One step for the endpoint set, and one per endpoint left out of it, with the reason.
