@@ -19,6 +19,9 @@ use crate::nft::model::{Family, L4Proto};
 use crate::validate;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 /// kube-proxy lists Services and EndpointSlices with the selector
 /// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`
 /// (cmd/kube-proxy/app/server.go): objects carrying either label are for another proxy, or
@@ -35,9 +38,6 @@ fn ignored_by_label(
     let labels = m.labels.as_ref()?;
     IGNORED_LABELS.into_iter().find(|l| labels.contains_key(*l))
 }
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
-const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 
 /// Something worth telling a user with `--verbose` (not a problem with the input).
 pub type Note = String;
@@ -1322,24 +1322,30 @@ fn meta_problems(
     }
 }
 
+/// A slice's label (`EndpointSlice ns/name`) if lowering uses it: not labelled for another
+/// proxy (kube-proxy never sees it), and nothing the API server would refuse (reported).
+fn usable_slice(
+    diags: &mut Vec<Diagnostic>,
+    origin: &Origin,
+    es: &EndpointSlice,
+) -> Option<String> {
+    if ignored_by_label(&es.metadata).is_some() {
+        return None;
+    }
+    let obj = format!(
+        "EndpointSlice {}/{}",
+        es.metadata.namespace.as_deref().unwrap_or("default"),
+        es.metadata.name.as_deref().unwrap_or_default()
+    );
+    (!report(diags, origin, &obj, slice_problems(es))).then_some(obj)
+}
+
 fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic>) -> EpMap {
     let mut map = EpMap::new();
     for (origin, es) in list {
-        let ns = es
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let obj = format!(
-            "EndpointSlice {ns}/{}",
-            es.metadata.name.clone().unwrap_or_default()
-        );
-        if ignored_by_label(&es.metadata).is_some() {
+        let Some(obj) = usable_slice(diags, origin, es) else {
             continue;
-        }
-        if report(diags, origin, &obj, slice_problems(es)) {
-            continue;
-        }
+        };
         let fam = match es.address_type.as_str() {
             "IPv4" => Family::Ip,
             "IPv6" => Family::Ip6,
@@ -1899,17 +1905,10 @@ pub(crate) fn orphan_slices(
 ) {
     let (ns, svc) = k;
     for (origin, es) in list {
-        let obj = format!(
-            "EndpointSlice {ns}/{}",
-            es.metadata.name.clone().unwrap_or_default()
-        );
-        if ignored_by_label(&es.metadata).is_some() {
-            continue;
-        }
         // A slice the API server would refuse is an error even without its Service.
-        if report(diags, origin, &obj, slice_problems(es)) {
+        let Some(obj) = usable_slice(diags, origin, es) else {
             continue;
-        }
+        };
         // The Service is there but has no rules (headless, ExternalName, invalid): its own
         // note or error says why; its slices are simply unused.
         if service_present {
