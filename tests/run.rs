@@ -14,24 +14,9 @@ use std::time::{Duration, Instant};
 use harness::*;
 
 const TCP80: &[(&str, &str, u16, u16, u16)] = &[("http", "TCP", 80, 8080, 0)];
-const WAIT: Duration = Duration::from_secs(5);
 
 fn ep(i: usize, port: u16) -> String {
     format!("{}:{port}", ep_ip(i))
-}
-
-/// Waits until TCP to `dst` from the pod is answered by `want` (or fails the test).
-fn expect_tcp(t: &Topo, d: &Daemon, dst: &str, want: &str) {
-    let mut last = Ok(String::new());
-    let ok = eventually(WAIT, || {
-        last = tcp_from(&t.pod, dst);
-        last.as_deref() == Ok(want)
-    });
-    assert!(
-        ok.is_some(),
-        "{dst}: wanted {want}, last saw {last:?}\n{}",
-        d.log_text()
-    );
 }
 
 fn expect_refused(t: &Topo, d: &Daemon, dst: &str) {
@@ -45,15 +30,6 @@ fn expect_refused(t: &Topo, d: &Daemon, dst: &str) {
         "{dst}: wanted a refusal, last saw {last:?}\n{}",
         d.log_text()
     );
-}
-
-fn expect_metric(d: &Daemon, name: &str, want: f64) {
-    let mut last = f64::NAN;
-    let ok = eventually(WAIT, || {
-        last = d.metric(name);
-        last == want
-    });
-    assert!(ok.is_some(), "{name}: wanted {want}, last {last}");
 }
 
 /// Endpoints change, Services and files come and go (also in subdirectories), broken files are

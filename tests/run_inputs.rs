@@ -12,33 +12,6 @@ use std::time::Duration;
 use harness::*;
 
 const TCP80: &[(&str, &str, u16, u16, u16)] = &[("http", "TCP", 80, 8080, 0)];
-const WAIT: Duration = Duration::from_secs(5);
-
-fn expect_tcp(t: &Topo, d: &Daemon, dst: &str, want: &str) {
-    let mut last = Ok(String::new());
-    let ok = eventually(WAIT, || {
-        last = tcp_from(&t.pod, dst);
-        last.as_deref() == Ok(want)
-    });
-    assert!(
-        ok.is_some(),
-        "{dst}: wanted {want}, last saw {last:?}\n{}",
-        d.log_text()
-    );
-}
-
-fn expect_metric(d: &Daemon, name: &str, want: f64) {
-    let mut last = f64::NAN;
-    let ok = eventually(WAIT, || {
-        last = d.metric(name);
-        last == want
-    });
-    assert!(
-        ok.is_some(),
-        "{name}: wanted {want}, last {last}\n{}",
-        d.log_text()
-    );
-}
 
 #[test]
 fn an_unreadable_file_is_reported_and_picked_up_when_fixed() {

@@ -716,3 +716,34 @@ pub fn slice(
 pub fn eps(idx: &[usize]) -> Vec<(String, &'static str, bool)> {
     idx.iter().map(|i| (ep_ip(*i), "node-a", true)).collect()
 }
+
+/// How long the `expect_*` helpers wait for the kernel to follow a change.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until TCP to `dst` from the pod is answered by `want` (or fails the test).
+pub fn expect_tcp(t: &Topo, d: &Daemon, dst: &str, want: &str) {
+    let mut last = Ok(String::new());
+    let ok = eventually(WAIT, || {
+        last = tcp_from(&t.pod, dst);
+        last.as_deref() == Ok(want)
+    });
+    assert!(
+        ok.is_some(),
+        "{dst}: wanted {want}, last saw {last:?}\n{}",
+        d.log_text()
+    );
+}
+
+/// Waits until the daemon's metric `name` is `want` (or fails the test).
+pub fn expect_metric(d: &Daemon, name: &str, want: f64) {
+    let mut last = f64::NAN;
+    let ok = eventually(WAIT, || {
+        last = d.metric(name);
+        last == want
+    });
+    assert!(
+        ok.is_some(),
+        "{name}: wanted {want}, last {last}\n{}",
+        d.log_text()
+    );
+}
