@@ -18,27 +18,22 @@ use std::process::Command;
 use case::Case;
 use schema::{Expect, Flow, Source, Topology};
 
-/// The last-but-one address of a CIDR (the flow framework's default pod client).
+/// The last-but-one address of a CIDR (the flow framework's default pod client; as
+/// `Cidr::last_but_one` in tests/flow/topo.rs, which needs the whole flow framework).
 fn last_but_one(cidr: &str) -> IpAddr {
     let (a, len) = cidr.split_once('/').unwrap();
-    let len: u32 = len.parse().unwrap();
-    match a.parse::<IpAddr>().unwrap() {
-        IpAddr::V4(v) => {
-            let host = if len == 0 {
-                u32::MAX
-            } else {
-                (1u32 << (32 - len)) - 1
-            };
-            IpAddr::V4(Ipv4Addr::from((u32::from(v) | host) - 1))
-        }
-        IpAddr::V6(v) => {
-            let host = if len == 0 {
-                u128::MAX
-            } else {
-                (1u128 << (128 - len)) - 1
-            };
-            IpAddr::V6(Ipv6Addr::from((u128::from(v) | host) - 1))
-        }
+    let a: IpAddr = a.parse().unwrap();
+    let (bits, width) = match a {
+        IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+        IpAddr::V6(v) => (u128::from(v), 128),
+    };
+    let host = u128::MAX
+        .checked_shr(128 - width + len.parse::<u32>().unwrap())
+        .unwrap_or(0);
+    let v = (bits | host) - 1;
+    match a {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(v as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(v)),
     }
 }
 
