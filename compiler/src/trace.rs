@@ -142,44 +142,54 @@ impl<'a> Steps<'a> {
     }
 
     fn finish(self) -> Vec<Step> {
-        let mut diags: Vec<Diagnostic> = self
+        let (texts, ats): (Vec<_>, Vec<_>) = self
             .steps
-            .iter()
-            .filter_map(|(_, _, at)| at.as_ref())
-            .map(|at| {
-                Diagnostic::at_field(
-                    Severity::Warning,
-                    &at.origin,
-                    Some(at.object.clone()),
-                    &at.field,
-                    "",
-                )
-            })
-            .collect();
-        manifest::locate(&mut diags, self.sources);
-        let mut located = diags.into_iter();
-        self.steps
             .into_iter()
-            .map(|(what, why, at)| Step {
-                what,
-                why,
-                from: at.map(|_| {
-                    let d = located.next().expect("one diagnostic per provenance");
-                    let mut s = d.file.clone();
-                    if let Some(l) = d.line {
-                        s.push_str(&format!(":{l}"));
-                    }
-                    if let Some(o) = &d.object {
-                        s.push_str(&format!(" {o}"));
-                    }
-                    if let Some(f) = &d.field {
-                        s.push_str(&format!(" {f}"));
-                    }
-                    s
-                }),
-            })
+            .map(|(what, why, at)| ((what, why), at))
+            .unzip();
+        texts
+            .into_iter()
+            .zip(locate_all(self.sources, ats))
+            .map(|((what, why), from)| Step { what, why, from })
             .collect()
     }
+}
+
+/// `file:line Kind ns/name field` of each provenance, located in one replay per file.
+fn locate_all(sources: &[Source], ats: Vec<Option<At>>) -> Vec<Option<String>> {
+    let mut diags: Vec<Diagnostic> = ats
+        .iter()
+        .flatten()
+        .map(|at| {
+            Diagnostic::at_field(
+                Severity::Warning,
+                &at.origin,
+                Some(at.object.clone()),
+                &at.field,
+                "",
+            )
+        })
+        .collect();
+    manifest::locate(&mut diags, sources);
+    let mut located = diags.into_iter();
+    ats.into_iter()
+        .map(|at| {
+            at.map(|_| {
+                let d = located.next().expect("one diagnostic per provenance");
+                let mut s = d.file.clone();
+                if let Some(l) = d.line {
+                    s.push_str(&format!(":{l}"));
+                }
+                if let Some(o) = &d.object {
+                    s.push_str(&format!(" {o}"));
+                }
+                if let Some(f) = &d.field {
+                    s.push_str(&format!(" {f}"));
+                }
+                s
+            })
+        })
+        .collect()
 }
 
 fn key(s: &str) -> PathSeg {
@@ -1224,6 +1234,7 @@ impl<'s> Model<'s> {
             );
         }
         let mut ports = Vec::new();
+        let mut frontend_ats = Vec::new();
         for fir in &self.ir.families {
             for sp in fir
                 .service_ports
@@ -1242,30 +1253,19 @@ impl<'s> Model<'s> {
                             NodePortAddrs::Addrs(a) => a.iter().map(|x| x.to_string()).collect(),
                         },
                     };
-                    let from = {
-                        let mut s = Steps {
-                            sources: self.sources,
-                            steps: Vec::new(),
-                        };
-                        s.push(
-                            "",
-                            "",
-                            self.service_at(
-                                sp,
-                                &self.frontend_field(
-                                    sp,
-                                    f.kind,
-                                    f.addr.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                                ),
-                            ),
-                        );
-                        s.finish().pop().and_then(|x| x.from)
-                    };
+                    frontend_ats.push(self.service_at(
+                        sp,
+                        &self.frontend_field(
+                            sp,
+                            f.kind,
+                            f.addr.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                        ),
+                    ));
                     frontends.push(ExplainFrontend {
                         kind: f.kind,
                         addresses: addrs,
                         port: f.port,
-                        from,
+                        from: None, // located below, with the others
                     });
                 }
                 let eps = lower::port_endpoints(&map, &sp.name.port, sp.protocol, fir.family);
@@ -1317,6 +1317,11 @@ impl<'s> Model<'s> {
                     health_check_node_port: sp.policy.health_check_node_port,
                 });
             }
+        }
+        // Every frontend's provenance in one replay of the inputs.
+        let mut froms = locate_all(self.sources, frontend_ats).into_iter();
+        for fe in ports.iter_mut().flat_map(|p| p.frontends.iter_mut()) {
+            fe.from = froms.next().flatten();
         }
         Ok(Explanation {
             service: format!("{ns}/{name}"),
