@@ -110,7 +110,10 @@ fn typed<T: DeserializeOwned + Serialize>(origin: &str, doc: &Json) -> Result<T,
     if losses.is_empty() {
         Ok(t)
     } else {
-        Err(losses.into_iter().map(|l| format!("{origin}: {l}")).collect())
+        Err(losses
+            .into_iter()
+            .map(|l| format!("{origin}: {l}"))
+            .collect())
     }
 }
 
@@ -172,7 +175,9 @@ fn load_from(files: &[PathBuf]) -> Result<Manifests, Vec<String>> {
                 .unwrap_or("?");
             let origin = format!("deploy/{name} document {} ({kind} {obj})", i + 1);
             let r = match (api.as_str(), kind.as_str()) {
-                ("v1", "ServiceAccount") => typed(&origin, &doc).map(|o| m.service_accounts.push(o)),
+                ("v1", "ServiceAccount") => {
+                    typed(&origin, &doc).map(|o| m.service_accounts.push(o))
+                }
                 ("v1", "ConfigMap") => typed(&origin, &doc).map(|o| m.config_maps.push(o)),
                 ("apps/v1", "DaemonSet") => typed(&origin, &doc).map(|o| m.daemon_sets.push(o)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
@@ -254,7 +259,13 @@ impl Deployed {
 
     fn pod(&self) -> &PodSpec {
         let ds = &self.m.daemon_sets[0];
-        ds.spec.as_ref().unwrap().template.spec.as_ref().expect("pod spec")
+        ds.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .expect("pod spec")
     }
 
     fn container(&self) -> &Container {
@@ -299,7 +310,10 @@ impl Deployed {
                 }
                 assert_eq!(mount.read_only, Some(true), "ConfigMap mounted read-only");
                 let keys: Vec<(String, String)> = match &src.items {
-                    Some(items) => items.iter().map(|i| (i.key.clone(), i.path.clone())).collect(),
+                    Some(items) => items
+                        .iter()
+                        .map(|i| (i.key.clone(), i.path.clone()))
+                        .collect(),
                     None => self
                         .config_map()
                         .data
@@ -361,23 +375,41 @@ fn daemonset_runs_like_kube_proxy() {
     let spec = ds.spec.as_ref().unwrap();
     let pod = d.pod();
     assert_eq!(pod.host_network, Some(true), "hostNetwork");
-    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
     assert!(
-        pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists")
-            && t.key.is_none()
-            && t.effect.is_none()),
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
         "a toleration of every taint (operator: Exists, no key, no effect)"
     );
     let strategy = spec.update_strategy.as_ref().expect("updateStrategy");
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     // The pod template's labels are the selector's (the API server refuses it otherwise).
-    let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone());
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
     for (k, v) in spec.selector.match_labels.iter().flatten() {
-        assert_eq!(labels.as_ref().and_then(|l| l.get(k)), Some(v), "selector {k}");
+        assert_eq!(
+            labels.as_ref().and_then(|l| l.get(k)),
+            Some(v),
+            "selector {k}"
+        );
     }
 
     let c = d.container();
-    assert_eq!(d.args().first().map(String::as_str), Some("run"), "svcc run");
+    assert_eq!(
+        d.args().first().map(String::as_str),
+        Some("run"),
+        "svcc run"
+    );
     // NODE_NAME from the downward API, passed as the node's name.
     let node_env = c
         .env
@@ -385,23 +417,44 @@ fn daemonset_runs_like_kube_proxy() {
         .flatten()
         .find(|e| e.name == "NODE_NAME")
         .expect("env NODE_NAME");
-    let field = node_env.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+    let field = node_env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref());
     assert_eq!(field.map(|f| f.field_path.as_str()), Some("spec.nodeName"));
-    assert_eq!(d.flag("--hostname-override").as_deref(), Some("$(NODE_NAME)"));
+    assert_eq!(
+        d.flag("--hostname-override").as_deref(),
+        Some("$(NODE_NAME)")
+    );
     let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
     for r in ["cpu", "memory"] {
-        assert!(requests.is_some_and(|q| q.contains_key(r)), "resources.requests.{r}");
+        assert!(
+            requests.is_some_and(|q| q.contains_key(r)),
+            "resources.requests.{r}"
+        );
     }
 
     // No more privilege than nftables mode needs: NET_ADMIN, no hostPath at all (no
     // /lib/modules: nothing loads modules; no xtables.lock: nothing runs iptables).
     let sc = c.security_context.as_ref().expect("securityContext");
     assert_ne!(sc.privileged, Some(true), "not privileged");
-    assert_eq!(sc.read_only_root_filesystem, Some(true), "readOnlyRootFilesystem");
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "readOnlyRootFilesystem"
+    );
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     let caps = sc.capabilities.as_ref().expect("capabilities");
-    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]), "drop ALL");
-    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]), "add NET_ADMIN only");
+    assert_eq!(
+        caps.drop.as_deref(),
+        Some(&["ALL".to_string()][..]),
+        "drop ALL"
+    );
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string()][..]),
+        "add NET_ADMIN only"
+    );
     let config = kube_proxy_config(&d);
     assert_eq!(config.get("mode").and_then(Yaml::as_str), Some("nftables"));
     let host_paths: Vec<_> = pod
@@ -410,7 +463,10 @@ fn daemonset_runs_like_kube_proxy() {
         .flatten()
         .filter_map(|v| v.host_path.as_ref().map(|h| h.path.clone()))
         .collect();
-    assert!(host_paths.is_empty(), "nftables mode mounts no host path: {host_paths:?}");
+    assert!(
+        host_paths.is_empty(),
+        "nftables mode mounts no host path: {host_paths:?}"
+    );
 }
 
 /// The KubeProxyConfiguration in the ConfigMap at the path `--config` names.
@@ -442,33 +498,63 @@ fn config_and_kubeconfig_are_mounted_where_they_are_named() {
     let named = |list: &str, name: &str| -> Yaml {
         kc.get(list)
             .and_then(Yaml::as_sequence)
-            .and_then(|s| s.iter().find(|e| e.get("name").and_then(Yaml::as_str) == Some(name)))
+            .and_then(|s| {
+                s.iter()
+                    .find(|e| e.get("name").and_then(Yaml::as_str) == Some(name))
+            })
             .cloned()
             .unwrap_or_else(|| panic!("kubeconfig: no {list} entry named {name:?}"))
     };
-    let current = kc.get("current-context").and_then(Yaml::as_str).expect("current-context");
+    let current = kc
+        .get("current-context")
+        .and_then(Yaml::as_str)
+        .expect("current-context");
     let ctx = named("contexts", current);
     let ctx = ctx.get("context").expect("context");
-    let cluster = named("clusters", ctx.get("cluster").and_then(Yaml::as_str).unwrap());
+    let cluster = named(
+        "clusters",
+        ctx.get("cluster").and_then(Yaml::as_str).unwrap(),
+    );
     let user = named("users", ctx.get("user").and_then(Yaml::as_str).unwrap());
     const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-    let ca = cluster.get("cluster").and_then(|c| c.get("certificate-authority"));
-    assert_eq!(ca.and_then(Yaml::as_str), Some(format!("{SA}/ca.crt").as_str()));
-    let server = cluster.get("cluster").and_then(|c| c.get("server")).and_then(Yaml::as_str);
-    assert!(server.is_some_and(|s| s.starts_with("https://")), "server is https: {server:?}");
-    let token = user.get("user").and_then(|u| u.get("tokenFile")).and_then(Yaml::as_str);
+    let ca = cluster
+        .get("cluster")
+        .and_then(|c| c.get("certificate-authority"));
+    assert_eq!(
+        ca.and_then(Yaml::as_str),
+        Some(format!("{SA}/ca.crt").as_str())
+    );
+    let server = cluster
+        .get("cluster")
+        .and_then(|c| c.get("server"))
+        .and_then(Yaml::as_str);
+    assert!(
+        server.is_some_and(|s| s.starts_with("https://")),
+        "server is https: {server:?}"
+    );
+    let token = user
+        .get("user")
+        .and_then(|u| u.get("tokenFile"))
+        .and_then(Yaml::as_str);
     assert_eq!(token, Some(format!("{SA}/token").as_str()));
     assert_ne!(d.pod().automount_service_account_token, Some(false));
-    assert_ne!(d.m.service_accounts[0].automount_service_account_token, Some(false));
+    assert_ne!(
+        d.m.service_accounts[0].automount_service_account_token,
+        Some(false)
+    );
 }
 
 #[test]
 fn probes_reach_the_health_port() {
     let d = Deployed::new();
     let c = d.container();
-    let healthz = d.flag("--healthz-bind-address").unwrap_or("0.0.0.0:10256".into());
+    let healthz = d
+        .flag("--healthz-bind-address")
+        .unwrap_or("0.0.0.0:10256".into());
     let healthz: std::net::SocketAddr = healthz.parse().expect("--healthz-bind-address IP:PORT");
-    let metrics = d.flag("--metrics-bind-address").unwrap_or("127.0.0.1:10249".into());
+    let metrics = d
+        .flag("--metrics-bind-address")
+        .unwrap_or("127.0.0.1:10249".into());
     let _: std::net::SocketAddr = metrics.parse().expect("--metrics-bind-address IP:PORT");
     let named_port = |name: &str| {
         c.ports
@@ -492,16 +578,27 @@ fn probes_reach_the_health_port() {
             IntOrString::Int(p) => *p,
             IntOrString::String(name) => named_port(name),
         };
-        assert_eq!(port, i32::from(healthz.port()), "{what} port = --healthz-bind-address");
+        assert_eq!(
+            port,
+            i32::from(healthz.port()),
+            "{what} port = --healthz-bind-address"
+        );
         // kubelet probes the pod IP (the node's, with hostNetwork) unless `host` is set.
         match get.host.as_deref() {
-            None => assert!(healthz.ip().is_unspecified(), "{what}: {healthz} is not the pod IP"),
+            None => assert!(
+                healthz.ip().is_unspecified(),
+                "{what}: {healthz} is not the pod IP"
+            ),
             Some(h) => assert_eq!(h.parse::<std::net::IpAddr>().ok(), Some(healthz.ip())),
         }
     }
     // With hostNetwork a declared port is the host's port.
     for p in c.ports.iter().flatten() {
-        assert_eq!(p.host_port, Some(p.container_port), "hostPort = containerPort");
+        assert_eq!(
+            p.host_port,
+            Some(p.container_port),
+            "hostPort = containerPort"
+        );
     }
 }
 
@@ -511,7 +608,10 @@ fn rbac_grants_exactly_the_api_access_svcc_uses() {
     let role = &d.m.cluster_roles[0];
     let mut granted: BTreeSet<(String, String, String)> = BTreeSet::new();
     for r in role.rules.iter().flatten() {
-        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none(), "{r:?}");
+        assert!(
+            r.resource_names.is_none() && r.non_resource_urls.is_none(),
+            "{r:?}"
+        );
         for g in r.api_groups.iter().flatten() {
             for res in r.resources.iter().flatten() {
                 for v in &r.verbs {
@@ -523,11 +623,17 @@ fn rbac_grants_exactly_the_api_access_svcc_uses() {
     }
     let wanted: BTreeSet<(String, String, String)> = API_ACCESS
         .iter()
-        .flat_map(|(g, r, vs)| vs.iter().map(|v| (g.to_string(), r.to_string(), v.to_string())))
+        .flat_map(|(g, r, vs)| {
+            vs.iter()
+                .map(|v| (g.to_string(), r.to_string(), v.to_string()))
+        })
         .collect();
     let extra: Vec<_> = granted.difference(&wanted).collect();
     let missing: Vec<_> = wanted.difference(&granted).collect();
-    assert!(extra.is_empty() && missing.is_empty(), "extra {extra:?}, missing {missing:?}");
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "extra {extra:?}, missing {missing:?}"
+    );
 
     // The binding ties that role to the DaemonSet's service account.
     let sa = &d.m.service_accounts[0].metadata;
@@ -575,7 +681,10 @@ fn kustomization_ties_every_manifest() {
     assert_eq!(k.kind, "Kustomization");
     let d = Deployed::new();
     let resources: BTreeSet<String> = k.resources.iter().cloned().collect();
-    assert_eq!(resources, d.m.files, "resources = the manifest files of deploy/");
+    assert_eq!(
+        resources, d.m.files,
+        "resources = the manifest files of deploy/"
+    );
     // Namespaced objects are in the kustomization's namespace already (nothing moves).
     for ns in [
         &d.m.daemon_sets[0].metadata.namespace,
@@ -586,7 +695,9 @@ fn kustomization_ties_every_manifest() {
     }
     let image = d.container().image.clone().expect("image");
     assert!(
-        k.images.iter().any(|i| i.name == image && i.new_name.is_some() && i.new_tag.is_some()),
+        k.images
+            .iter()
+            .any(|i| i.name == image && i.new_name.is_some() && i.new_tag.is_some()),
         "kustomization sets the image {image:?}"
     );
 }
@@ -636,7 +747,11 @@ fn clap_accepts(args: &[String]) -> Result<(), String> {
 #[test]
 fn daemonset_args_are_accepted_by_svcc_run() {
     let d = Deployed::new();
-    let args: Vec<String> = d.args().iter().map(|a| a.replace("$(NODE_NAME)", "node-a")).collect();
+    let args: Vec<String> = d
+        .args()
+        .iter()
+        .map(|a| a.replace("$(NODE_NAME)", "node-a"))
+        .collect();
     clap_accepts(&args).unwrap();
     // The method can fail: an unknown flag, a bad enum value.
     let mut bad = args.clone();
@@ -657,7 +772,13 @@ fn compile_with_config(config_text: &str, dir: &Path) -> std::process::Output {
     let cfg = dir.join("config.conf");
     std::fs::write(&cfg, config_text).unwrap();
     Command::new(SVCC)
-        .args(["compile", "--hostname-override", "node-a", "--node-ip", "192.168.0.2"])
+        .args([
+            "compile",
+            "--hostname-override",
+            "node-a",
+            "--node-ip",
+            "192.168.0.2",
+        ])
         .arg("--config")
         .arg(&cfg)
         .arg(repo().join("fixtures/example/cluster.yaml"))
@@ -702,8 +823,15 @@ fn configmap_config_is_accepted_and_read_by_svcc() {
     let text = serde_yaml_ng::to_string(&config).unwrap();
     let out = compile_with_config(&text, &dir.0);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "svcc compile --config: {}\n{stderr}", out.status);
-    assert!(!stderr.contains("warning"), "the config draws warnings:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "svcc compile --config: {}\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("warning"),
+        "the config draws warnings:\n{stderr}"
+    );
 
     // Every field is one svcc reads: set to a value of the wrong type (a mapping), it must
     // make svcc refuse the file naming that field. A field svcc ignores (kube-proxy's
@@ -725,7 +853,11 @@ fn configmap_config_is_accepted_and_read_by_svcc() {
             ignored.push(format!("{path} ({}: {})", out.status, stderr.trim()));
         }
     }
-    assert!(ignored.is_empty(), "fields svcc does not read:\n{}", ignored.join("\n"));
+    assert!(
+        ignored.is_empty(),
+        "fields svcc does not read:\n{}",
+        ignored.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,7 +926,13 @@ impl Daemon {
             }
             if self.child.try_wait().unwrap().is_some() {
                 std::thread::sleep(Duration::from_millis(100)); // the last lines
-                return self.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+                return self
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(needle))
+                    .cloned();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -810,6 +948,38 @@ impl Daemon {
             .expect("CapEff")
             .trim();
         u64::from_str_radix(hex, 16).unwrap()
+    }
+
+    /// `GET path` from inside svcc's network namespace (a thread that joins it): status and
+    /// body.
+    fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.child.id())).unwrap();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd that stays open.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            let status = text
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+            (status, body.unwrap_or_default())
+        })
+        .join()
+        .unwrap()
     }
 
     fn log_text(&self) -> String {
@@ -849,7 +1019,11 @@ fn daemonset_capabilities_suffice_for_svcc_run() {
     let mut ok = Daemon::start(&caps, &args);
     let line = ok.wait_for("sync kind=", Duration::from_secs(30));
     let log = ok.log_text();
-    assert!(line.is_some(), "no sync with the DaemonSet's capabilities {caps:?}:\n{log}");
+    assert!(
+        line.is_some(),
+        "no sync with the DaemonSet's capabilities {caps:?}:\n{log}"
+    );
+    eprintln!("capabilities -all{caps}: {}", line.unwrap());
     // Exactly the manifest's capabilities were in effect (CAP_NET_ADMIN = bit 12).
     let want: u64 = d
         .container()
@@ -867,11 +1041,62 @@ fn daemonset_capabilities_suffice_for_svcc_run() {
         })
         .sum();
     assert_eq!(ok.cap_eff(), want, "svcc's effective capabilities");
-    // The stale-UDP-conntrack check (the example has a UDP Service) and the health/metrics
-    // listeners work too: nothing failed.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The probes' endpoints answer 200 after the sync, and the stale-UDP-conntrack check (the
+    // example has a UDP Service) ran without failing.
+    let port = |flag: &str| {
+        let a: std::net::SocketAddr = flag_value(&args, flag).unwrap().parse().unwrap();
+        a.port()
+    };
+    for path in ["/healthz", "/livez"] {
+        let (status, body) = ok.http_get(port("--healthz-bind-address"), path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, text) = ok.http_get(port("--metrics-bind-address"), "/metrics");
+        assert_eq!(status, 200);
+        if metric(
+            &text,
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count",
+        ) >= 1.0
+            || Instant::now() > end
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (name, min, max) in [
+        (
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count",
+            1.0,
+            f64::MAX,
+        ),
+        ("svcc_conntrack_cleanup_failures_total", 0.0, 0.0),
+        (
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            0.0,
+            0.0,
+        ),
+    ] {
+        let v = metric(&metrics, name);
+        assert!((min..=max).contains(&v), "{name} = {v}");
+    }
     let log = ok.log_text();
-    for bad in [" ERROR ", " WARN ", "error:", "permission", "Operation not permitted"] {
+    for bad in [
+        " ERROR ",
+        " WARN ",
+        "error:",
+        "permission",
+        "Operation not permitted",
+    ] {
         assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
     }
     drop(ok);
@@ -879,7 +1104,12 @@ fn daemonset_capabilities_suffice_for_svcc_run() {
     // Without them the kernel refuses the rules: the test can fail.
     let mut none = Daemon::start("", &args);
     let refused = none.wait_for("ERROR", Duration::from_secs(30));
-    assert!(refused.is_some(), "svcc without capabilities did not fail:\n{}", none.log_text());
+    assert!(
+        refused.is_some(),
+        "svcc without capabilities did not fail:\n{}",
+        none.log_text()
+    );
+    eprintln!("no capabilities: {}", refused.unwrap());
     assert_eq!(none.cap_eff(), 0);
 }
 
@@ -906,7 +1136,10 @@ fn version_tuple(v: &str) -> Vec<u32> {
 fn dockerfile_builds_the_binary_the_daemonset_runs() {
     let text = read(&deploy_dir().join("Dockerfile"));
     let cargo = read(&repo().join("Cargo.toml"));
-    assert!(cargo.contains("[[bin]]\nname = \"svcc\""), "the binary is svcc");
+    assert!(
+        cargo.contains("[[bin]]\nname = \"svcc\""),
+        "the binary is svcc"
+    );
     assert!(text.contains("--bin svcc"), "builds --bin svcc");
     assert!(text.contains("--locked"), "builds from Cargo.lock");
     let d = Deployed::new();
@@ -915,7 +1148,10 @@ fn dockerfile_builds_the_binary_the_daemonset_runs() {
         text.contains(&format!("COPY --from=build /out/svcc {binary}")),
         "the image puts svcc at the DaemonSet's command {binary}"
     );
-    let entrypoints: Vec<&str> = text.lines().filter(|l| l.starts_with("ENTRYPOINT")).collect();
+    let entrypoints: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ENTRYPOINT"))
+        .collect();
     assert!(!entrypoints.is_empty());
     for e in &entrypoints {
         assert_eq!(*e, format!("ENTRYPOINT [\"{binary}\"]"));
@@ -928,10 +1164,16 @@ fn dockerfile_builds_the_binary_the_daemonset_runs() {
         .nth(1)
         .and_then(|s| s.split('"').next())
         .expect("runtime/Cargo.toml: an nftnl-X-Y-Z feature");
-    assert_eq!(dockerfile_arg(&text, "LIBNFTNL_VERSION"), feature.replace('-', "."));
+    assert_eq!(
+        dockerfile_arg(&text, "LIBNFTNL_VERSION"),
+        feature.replace('-', ".")
+    );
     for arg in ["LIBNFTNL_SHA256", "LIBMNL_SHA256"] {
         let h = dockerfile_arg(&text, arg);
-        assert!(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()), "{arg}");
+        assert!(
+            h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()),
+            "{arg}"
+        );
     }
     let rust = dockerfile_arg(&text, "RUST_VERSION");
     let msrv = cargo
@@ -939,7 +1181,10 @@ fn dockerfile_builds_the_binary_the_daemonset_runs() {
         .find_map(|l| l.strip_prefix("rust-version = \""))
         .and_then(|l| l.strip_suffix('"'))
         .expect("rust-version");
-    assert!(version_tuple(&rust) >= version_tuple(msrv), "Rust {rust} >= {msrv}");
+    assert!(
+        version_tuple(&rust) >= version_tuple(msrv),
+        "Rust {rust} >= {msrv}"
+    );
     // The default (last) stage is the minimal one, and the build context leaves out target/.
     let last_from = text.lines().rfind(|l| l.starts_with("FROM ")).unwrap();
     assert!(last_from.contains("distroless/static"), "{last_from}");
@@ -977,10 +1222,17 @@ fn systemd_unit_runs_svcc_with_net_admin_only() {
     assert_eq!(value("AmbientCapabilities"), "CAP_NET_ADMIN");
     assert_eq!(value("Restart"), "always");
     assert!(value("RestrictAddressFamilies").contains("AF_NETLINK"));
-    assert!(!unit.contains("PrivateNetwork=yes"), "must see the host's network");
+    assert!(
+        !unit.contains("PrivateNetwork=yes"),
+        "must see the host's network"
+    );
 
     // systemd's own check, when installed (the binary path pointed at the one just built).
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("systemd-analyze not installed: unit syntax not verified");
         return;
     }
@@ -993,7 +1245,10 @@ fn systemd_unit_runs_svcc_with_net_admin_only() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("svcc.service")).collect();
+    let about_unit: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("svcc.service"))
+        .collect();
     assert!(
         out.status.success() && about_unit.is_empty(),
         "systemd-analyze verify: {}\n{stderr}",
