@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod diag;
+pub mod family;
 pub mod iptables;
 pub mod ir;
 pub mod lower;

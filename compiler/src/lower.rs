@@ -13,9 +13,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::config::{NodePortAddresses, NodeSettings};
 use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
+use crate::family::{Family, L4Proto};
 use crate::ir::*;
 use crate::manifest::{Object, Parsed};
-use crate::nft::model::{Family, L4Proto};
 use crate::validate;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -18,12 +18,12 @@ use serde::Serialize;
 
 use crate::config::{Backend as Mode, NodeSettings};
 use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
+use crate::family::{Family, L4Proto};
 use crate::ir::{
     Backend, FamilyIr, FilterVerdict, FrontendKind, Ir, NodePortAddrs, PolicyChain, ServicePort,
 };
 use crate::lower::{self, SvcKey};
 use crate::manifest::{self, Object, Source};
-use crate::nft::model::{Family, L4Proto};
 use crate::userspace;
 
 /// A packet as the node first sees it.
