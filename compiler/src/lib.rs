@@ -10,6 +10,7 @@ pub mod config;
 pub mod diag;
 pub mod family;
 pub mod iptables;
+pub mod ipvs;
 pub mod ir;
 pub mod lower;
 pub mod manifest;
