@@ -367,11 +367,13 @@ pub(crate) fn lower_tracked<'a>(
                 crate::config::Backend::Nftables | crate::config::Backend::Userspace => {
                     primary_or_all(notes)
                 }
-                crate::config::Backend::Iptables => {
+                crate::config::Backend::Iptables | crate::config::Backend::Ipvs => {
                     if !services.is_empty() {
                         notes.push(format!(
-                            "{}: iptables mode without nodePortAddresses: NodePorts are accepted on every local address but loopback (kube-proxy's iptables default, without its localhost NodePorts); `--nodeport-addresses primary` limits them to the primary node IP",
-                            fam.keyword()
+                            "{}: {} mode without nodePortAddresses: NodePorts are accepted on every local address but loopback (kube-proxy's {} default, without its localhost NodePorts); `--nodeport-addresses primary` limits them to the primary node IP",
+                            fam.keyword(),
+                            settings.backend.name(),
+                            settings.backend.name()
                         ));
                     }
                     NodePortAddrs::AllLocal
