@@ -50,6 +50,12 @@ impl Output {
         nft::render::render_replace(&self.ruleset)
     }
 
+    /// The IPVS backend's model (virtual servers, dummy-interface addresses, nft glue),
+    /// from the same IR.
+    pub fn ipvs(&self, opts: &ipvs::build::IpvsOptions) -> ipvs::model::IpvsModel {
+        ipvs::build::build(&self.ir, opts)
+    }
+
     /// The iptables backend's rulesets (one per family), from the same IR.
     pub fn iptables(&self) -> Vec<iptables::IptRuleset> {
         iptables::build::build(&self.ir)
