@@ -115,15 +115,16 @@ pub struct IpvsSettings {
     pub udp_timeout: Duration,
     /// `strictARP`: the runtime sets `arp_ignore=1`, `arp_announce=2`.
     pub strict_arp: bool,
-    /// `excludeCIDRs`: IPVS services there are never touched (svcc touches only its own
-    /// anyway; kept so a frontend there is reported).
+    /// `excludeCIDRs`: IPVS services with an address there are never deleted by a sync or
+    /// cleanup (kube-proxy's exemption from `cleanLegacyService`; svcc touches only its own
+    /// virtual servers anyway, this also protects those).
     pub exclude_cidrs: Vec<IpNet>,
 }
 
 impl IpvsSettings {
     /// The global IPVS timeouts to set (`ipvsadm --set`); None keeps the system's value.
     pub fn timeouts(&self) -> Timeouts {
-        let secs = |d: Duration| (!d.is_zero()).then(|| d.as_secs() as u32);
+        let secs = |d: Duration| (!d.is_zero()).then_some(d.as_secs() as u32);
         Timeouts {
             tcp: secs(self.tcp_timeout),
             tcp_fin: secs(self.tcp_fin_timeout),
