@@ -107,13 +107,19 @@ pub fn build(ir: &Ir, opts: &IpvsOptions) -> IpvsModel {
 }
 
 /// The family's local addresses (never loopback, never IPv6 link-local: kube-proxy leaves
-/// them out of NodePort addresses).
+/// them out of NodePort addresses; never a ClusterIP, which only svcc-ipvs0 holds).
 fn local_addrs(f: &FamilyIr, opts: &IpvsOptions) -> Vec<IpAddr> {
     let all = opts.local_addrs.as_deref().unwrap_or(&f.node_ips);
+    let cluster_ips: std::collections::HashSet<IpAddr> = f
+        .service_ports
+        .iter()
+        .filter_map(|sp| sp.cluster_ip())
+        .collect();
     let mut v: Vec<IpAddr> = all
         .iter()
         .copied()
         .filter(|a| Family::of(a) == f.family && !a.is_loopback() && !is_link_local6(a))
+        .filter(|a| !cluster_ips.contains(a))
         .collect();
     v.sort();
     v.dedup();
@@ -971,10 +977,12 @@ mod tests {
             .collect();
         assert!(!ext.is_empty());
         assert!(ext.iter().all(|a| m.dummy_addrs.contains(a)));
+        let cip = ir.families[0].service_ports[0].cluster_ip().unwrap();
         let mut locals = vec![
             ext[0],
             "127.0.0.1".parse().unwrap(),
             "fe80::1".parse().unwrap(),
+            cip,
         ];
         locals.push("192.168.0.2".parse().unwrap());
         let m2 = build(
@@ -985,6 +993,34 @@ mod tests {
             },
         );
         assert!(!m2.dummy_addrs.contains(&ext[0]));
+        assert!(m2.dummy_addrs.contains(&cip));
         assert!(m2.services.iter().all(|v| !v.addr.is_loopback()));
+        // NodePorts (every local address, the IPVS default) on each listed address but
+        // loopback, link-local and a ClusterIP (a leftover of svcc-ipvs0).
+        let ir = v4(include_str!(
+            "../../../fixtures/cases/nodeport-basic/manifests.yaml"
+        ));
+        let cip = ir.families[0].service_ports[0].cluster_ip().unwrap();
+        let listed: Vec<IpAddr> = ["192.168.0.2", "192.168.7.7", "127.0.0.1", "fe80::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .chain([cip])
+            .collect();
+        let m3 = build(
+            &ir,
+            &IpvsOptions {
+                local_addrs: Some(listed),
+                ..Default::default()
+            },
+        );
+        let mut np_addrs: Vec<String> = m3
+            .services
+            .iter()
+            .filter(|v| v.kind == FrontendKind::NodePort)
+            .map(|v| v.addr.to_string())
+            .collect();
+        np_addrs.sort();
+        np_addrs.dedup();
+        assert_eq!(np_addrs, ["192.168.0.2", "192.168.7.7"]);
     }
 }
