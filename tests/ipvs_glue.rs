@@ -18,6 +18,8 @@ use svcc_compiler::ipvs::render::{section, Section};
 
 const NODE_IP: &str = "192.168.0.2";
 const CLIENT_IP: &str = "192.168.0.9";
+/// A probe's source: the node itself (unbound: the kernel picks the source).
+const NODE: &str = "node";
 
 /// Two namespaces (node, client) joined by a veth pair; removed even when the test fails.
 struct Topology {
@@ -208,6 +210,13 @@ fn the_glue_rejects_drops_and_lets_through() {
     let denied = "203.0.113.99"; // outside it
     let pod = "10.0.5.5";
     use Outcome::*;
+    let probe = |src: &str, dst: &str, port: u16| {
+        if src == NODE {
+            probe(&t.node, "0.0.0.0", dst, port)
+        } else {
+            probe(&t.client, src, dst, port)
+        }
+    };
     let cases: &[(&str, &str, &str, u16, Outcome)] = &[
         ("ClusterIP service port", ext, "172.30.0.10", 80, Connected),
         (
@@ -287,14 +296,40 @@ fn the_glue_rejects_drops_and_lets_through() {
             32002,
             Connected,
         ),
+        // The node itself (output path: checks at priority -110, before IPVS's LOCAL_OUT).
+        ("node: ClusterIP", NODE, "172.30.0.10", 80, Connected),
+        (
+            "node: ClusterIP without endpoints",
+            NODE,
+            "172.30.0.11",
+            80,
+            Refused,
+        ),
+        (
+            "node: a VIP on a port that is no service",
+            NODE,
+            "172.30.0.10",
+            8081,
+            Refused,
+        ),
+        (
+            "node: LB IP, the node's source (the VIP) outside the ranges",
+            NODE,
+            "198.51.100.10",
+            80,
+            TimedOut,
+        ),
+        (
+            "node: eTP Local without local endpoints is not dropped",
+            NODE,
+            "192.0.2.12",
+            80,
+            Connected,
+        ),
     ];
     // Without the glue every probe reaches a listener: each expectation below can fail.
     for (name, src, dst, port, _) in cases {
-        assert_eq!(
-            probe(&t.client, src, dst, *port),
-            Connected,
-            "without glue: {name}"
-        );
+        assert_eq!(probe(src, dst, *port), Connected, "without glue: {name}");
     }
     let glue = section(&text, Section::Nft).unwrap();
     let mut child = Command::new("ip")
@@ -317,7 +352,7 @@ fn the_glue_rejects_drops_and_lets_through() {
     );
     let mut wrong = Vec::new();
     for (name, src, dst, port, want) in cases {
-        let got = probe(&t.client, src, dst, *port);
+        let got = probe(src, dst, *port);
         if got != *want {
             wrong.push(format!(
                 "{name}: {src} -> {dst}:{port}: {got:?}, want {want:?}"
