@@ -167,11 +167,14 @@ fn schedulers_and_timeouts() {
     insta::assert_snapshot!("ipvs_mh__session-affinity", mh);
     let part = ipvsadm_part(&mh).unwrap();
     assert!(part.starts_with("--set 900 0 60\n"), "{part}");
-    assert!(part.contains(" -s mh -b mh-fallback,mh-port -p "), "{part}");
+    assert!(
+        part.contains(" -s mh -p 600 -b mh-fallback,mh-port\n"),
+        "{part}"
+    );
     let sh = compile_case(&dir, &["--ipvs-scheduler", "sh"]);
     let part = ipvsadm_part(&sh).unwrap();
     assert!(!part.contains("--set"), "{part}");
-    assert!(part.contains(" -s sh -b sh-fallback -p "), "{part}");
+    assert!(part.contains(" -s sh -p 600 -b sh-fallback\n"), "{part}");
     for s in ["wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sed", "nq"] {
         let t = compile_case(&dir, &["--ipvs-scheduler", s]);
         assert!(

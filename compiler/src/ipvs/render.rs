@@ -71,16 +71,17 @@ pub fn render_ipvsadm(m: &IpvsModel) -> String {
     for vs in &m.services {
         let _ = writeln!(out, "# {} ({})", vs.comment, kind_name(vs.kind));
         let svc = service_arg(vs.protocol, vs.addr, vs.port);
+        // The order `ipvsadm -Sn` prints (checked with ipvsadm 1.31): -s, -p, -M, -b.
         let _ = write!(out, "-A {svc} -s {}", vs.scheduler);
-        let flags = sched_flag_names(vs);
-        if !flags.is_empty() {
-            let _ = write!(out, " -b {}", flags.join(","));
-        }
         if let Some(p) = vs.persistence {
             let _ = write!(out, " -p {}", p.timeout);
             if p.netmask != full_prefix(vs.family) {
                 let _ = write!(out, " -M {}", netmask_arg(vs, p.netmask));
             }
+        }
+        let flags = sched_flag_names(vs);
+        if !flags.is_empty() {
+            let _ = write!(out, " -b {}", flags.join(","));
         }
         out.push('\n');
         for rs in &vs.real_servers {
