@@ -181,8 +181,9 @@ cat >> docs/PERFORMANCE.md <<'MD'
   verdict elements (`… : goto service-…` in `service-ips`) and new rules with `dnat`: the
   kernel validates the whole table for either (any verdict element with a jump/goto, any
   rule with `dnat`), so it stays O(table) on this kernel — the column shows it.
-- **(4) data plane — met.** Dispatch is one verdict-map lookup and endpoint choice one hash
-  lookup, whatever the number of services (each figure is the median of five runs taken in
+- **(4) data plane — met.** Dispatch is one verdict-map lookup and endpoint choice one
+  interval-map lookup (an rbtree of at most 16 service ports' ranges: its depth does not grow
+  with the cluster), whatever the number of services (each figure is the median of five runs taken in
   rounds over the sizes; single runs on this 2-core VM vary by ±15 %, and a series' first runs
   tend to be faster, which is why the sizes are interleaved). The iptables backend walks `SVCC-SERVICES` linearly
   (the measured service sorts last): kube-proxy's published curve.
