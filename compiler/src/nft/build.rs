@@ -1291,6 +1291,71 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_added_or_removed_changes_elements_only() {
+        // The count lives in no rule: the chains stay, only endpoint-map (and hairpin)
+        // elements change, and the new ranges still cover the id's keys exactly.
+        let ir = ir(40, 300);
+        let f = &ir.families[0];
+        let ids = endpoint_ids(f);
+        let mut checked = 0;
+        for sp in &f.service_ports {
+            if sp.backends.cluster.len() < 2 || sp.policy.affinity_timeout.is_some() {
+                continue;
+            }
+            let before = service_port_parts(f, sp, &ids);
+            for grow in [false, true] {
+                let mut sp2 = ServicePort::clone(sp);
+                if grow {
+                    let mut b = sp2.backends.cluster[0].clone();
+                    b.addr = "10.250.0.2".parse().unwrap();
+                    sp2.backends.cluster.push(b);
+                } else {
+                    sp2.backends.cluster.pop();
+                }
+                let n = sp2.backends.cluster.len();
+                let after = service_port_parts(f, &sp2, &ids);
+                assert_eq!(before.chains, after.chains, "{}", sp.name);
+                assert_ne!(before.elements, after.elements);
+                let differ = |x: &ServicePortParts, y: &ServicePortParts| -> Vec<&'static str> {
+                    x.elements
+                        .iter()
+                        .filter(|e| !y.elements.contains(e))
+                        .map(|e| e.0)
+                        .collect()
+                };
+                let changed = [differ(&before, &after), differ(&after, &before)].concat();
+                assert!(
+                    changed
+                        .iter()
+                        .all(|m| *m == names::HAIRPIN || m.starts_with(names::ENDPOINTS)),
+                    "{changed:?}"
+                );
+                let base = ids.base(ids.get(&sp.name, EndpointSet::Cluster).unwrap());
+                let mut ranges: Vec<(u32, u32)> = after
+                    .elements
+                    .iter()
+                    .filter_map(|(_, e)| match e.key[..] {
+                        [Value::Range(a, b)] if a >= base && a - base < ENDPOINT_SLOTS => {
+                            Some((a - base, b - base))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                ranges.sort();
+                assert_eq!(ranges.len(), n);
+                assert_eq!(ranges[0].0, 0);
+                assert_eq!(ranges[n - 1].1, ENDPOINT_SLOTS - 1);
+                assert!(ranges.windows(2).all(|w| w[0].1 + 1 == w[1].0));
+                // Fair: the sizes differ by at most one key.
+                let sizes: Vec<u32> = ranges.iter().map(|(a, b)| b - a + 1).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            }
+            checked += 1;
+        }
+        assert!(checked > 10, "{checked}");
+    }
+
+    #[test]
     fn an_endpoint_replaced_changes_elements_only() {
         let ir = ir(40, 300);
         let f = &ir.families[0];
