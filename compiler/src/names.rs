@@ -43,18 +43,20 @@ pub const AFFINITY: &str = "affinity";
 pub const HAIRPIN: &str = "hairpin";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
 pub const SERVICE_CIDRS: &str = "service-cidrs";
-/// `id . slot -> address . port`: the endpoints of every service port (see
-/// [`endpoint_id_seed`] and `nft::build::endpoint_ids`), when they fit in one map; else
-/// [`endpoints_map`] names its shards.
+/// `key range -> address . port`: the endpoints of every service port, each id owning 2^16
+/// keys (see [`endpoint_id_seed`] and `nft::build::endpoint_ids`), when they fit in one map;
+/// else [`endpoints_map`] names its shards.
 pub const ENDPOINTS: &str = "endpoints";
 
-/// The most shards of the endpoints map (see `nft::build::endpoint_shards`).
-pub const MAX_ENDPOINT_SHARDS: usize = 1024;
+/// The most shards of the endpoints map (see `nft::build::endpoint_shards`): each shard owns
+/// 2^16 endpoint-map keys per id, so the id space `shards << 16` must fit in 32 bits.
+pub const MAX_ENDPOINT_SHARDS: usize = 1 << 16;
 
 /// The name of shard `shard` of `shards` endpoint maps: [`ENDPOINTS`] alone, else
 /// `endpoints-<shard>`.
 pub fn endpoints_map(shard: usize, shards: usize) -> &'static str {
-    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    // Names are made once, when first needed (a table holds up to MAX_ENDPOINT_SHARDS).
+    static NAMES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
     assert!(
         shard < shards && shards <= MAX_ENDPOINT_SHARDS,
         "shard {shard} of {shards}"
@@ -62,12 +64,15 @@ pub fn endpoints_map(shard: usize, shards: usize) -> &'static str {
     if shards == 1 {
         return ENDPOINTS;
     }
-    let names = NAMES.get_or_init(|| {
-        (0..MAX_ENDPOINT_SHARDS)
-            .map(|i| format!("{ENDPOINTS}-{i}"))
-            .collect()
-    });
-    &names[shard]
+    if let Some(n) = NAMES.read().unwrap_or_else(|e| e.into_inner()).get(shard) {
+        return n;
+    }
+    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+    while names.len() < shards {
+        let i = names.len();
+        names.push(Box::leak(format!("{ENDPOINTS}-{i}").into_boxed_str()));
+    }
+    names[shard]
 }
 
 /// Room left for the `<prefix>-<HASH8>-` part within nft's 256-byte chain names, as kube-proxy.
@@ -137,8 +142,8 @@ pub enum EndpointSet {
 /// The preferred endpoint-map id of a service port's cluster or local endpoints: 32-bit
 /// FNV-1a of `ns/svc/proto/port/cluster` (or `/local`).
 ///
-/// The id is written into the ruleset (`numgen random mod 1 offset ID` and the `@endpoints`
-/// keys) and must stay the same across releases, builds and processes so that an endpoint
+/// The id (this seed modulo the id space, `shards x 2^16`) is written into the ruleset (the
+/// `numgen … offset` of the service chain and the `@endpoints` keys) and must stay the same across releases, builds and processes so that an endpoint
 /// change only ever changes map elements. So it is a fixed, documented function of the names
 /// only, spelled out here (std's hashers are randomly seeded or unspecified across Rust
 /// versions). FNV-1a is enough: the input is not adversarial, and the rare collision is
