@@ -310,6 +310,10 @@ impl<R: BufRead> FileParser<R> {
                 continue;
             }
             if t == "}" {
+                // A set without `type` is pest's error.
+                if !typed {
+                    return Err(unrec(no, "a set without a type"));
+                }
                 return Ok(s);
             }
             let mut c = Cur::new(t);

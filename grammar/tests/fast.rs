@@ -125,6 +125,9 @@ fn hand_written_variants_agree() {
         set("\t\ttype ipv4_addr : verdict\n\t\ttype ipv4_addr : verdict"),
         set("\t\ttype ipv4_addr : verdict\n\t\tcomment \"a\" # trailing\n\t\telements = { 10.0.0.1 : accept }"),
         "table ip t {\n}\ntable ip t {\n}\n".to_string(),
+        "table ip t {\n\tset s {\n\t}\n}\n".to_string(),
+        "table ip t {\n\tmap m {\n\t\tcomment \"x\"\n\t}\n}\n".to_string(),
+        "table ip t {\n\tset s {\n\t\ttype ipv4_addr : verdict\n\t}\n}\n".to_string(),
         "table ip t {\n\tchain c {\n\t}\n\tchain c {\n\t}\n}\n".to_string(),
         "table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n\tset s {\n\t\ttype ipv4_addr\n\t}\n}\n".to_string(),
         "table ip t {\n\tchain c {\n\t\taccept \\\n\t\tcomment \"x\"\n\t}\n}\n".to_string(),
@@ -195,10 +198,15 @@ fn mutated_snapshots_agree() {
         let Ok(t) = String::from_utf8(b) else {
             continue;
         };
-        if matches!(parse_reader(t.as_bytes()).unwrap(), Outcome::Parsed(_)) {
+        // Given up: the CLI uses pest then, nothing to compare.
+        if let Outcome::Parsed(p) = parse_reader(t.as_bytes()).unwrap() {
             fast_parsed += 1;
+            assert_eq!(
+                Ok(p.ruleset),
+                parse_ruleset(&t),
+                "fast and pest differ on:\n{t}"
+            );
         }
-        same_as_pest(&t);
     }
     // Most single mutations still leave a text the fast parser reads (e.g. in a comment or a
     // name): the comparison is not vacuous.
