@@ -276,6 +276,17 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let first_sync = t0.elapsed();
+    // The daemon's model size: stable under churn unless something is never removed.
+    let objects = |m: &str| {
+        [
+            "svcc_service_ports",
+            "svcc_nftables_chains",
+            "svcc_nftables_rules",
+            "svcc_nftables_elements",
+        ]
+        .map(|k| metric(m, k) as u64)
+    };
+    let objects_start = objects(&metrics(port).unwrap_or_default());
     let (rss_start, _) = rss_kib(pid).expect("the daemon's /proc status");
     eprintln!(
         "churn: first sync after {:.1} s, {} MiB; churning for {} s",
@@ -398,6 +409,10 @@ fn main() {
         slope_mib_per_hour(fit),
         if fit.len() == warm.len() { o.warmup } else { 0 },
         fit.len()
+    );
+    let objects_end = objects(&m);
+    println!(
+        "objects (service ports, chains, rules, elements): after first sync {objects_start:?}, end {objects_end:?}"
     );
     drop(daemon);
 }
