@@ -48,13 +48,15 @@ pub const SERVICE_CIDRS: &str = "service-cidrs";
 /// [`endpoints_map`] names its shards.
 pub const ENDPOINTS: &str = "endpoints";
 
-/// The most shards of the endpoints map (see `nft::build::endpoint_shards`).
-pub const MAX_ENDPOINT_SHARDS: usize = 1024;
+/// The most shards of the endpoints map (see `nft::build::endpoint_shards`): each shard owns
+/// 2^16 endpoint-map keys per id, so the id space `shards << 16` must fit in 32 bits.
+pub const MAX_ENDPOINT_SHARDS: usize = 1 << 16;
 
 /// The name of shard `shard` of `shards` endpoint maps: [`ENDPOINTS`] alone, else
 /// `endpoints-<shard>`.
 pub fn endpoints_map(shard: usize, shards: usize) -> &'static str {
-    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    // Names are made once, when first needed (a table holds up to MAX_ENDPOINT_SHARDS).
+    static NAMES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
     assert!(
         shard < shards && shards <= MAX_ENDPOINT_SHARDS,
         "shard {shard} of {shards}"
@@ -62,12 +64,15 @@ pub fn endpoints_map(shard: usize, shards: usize) -> &'static str {
     if shards == 1 {
         return ENDPOINTS;
     }
-    let names = NAMES.get_or_init(|| {
-        (0..MAX_ENDPOINT_SHARDS)
-            .map(|i| format!("{ENDPOINTS}-{i}"))
-            .collect()
-    });
-    &names[shard]
+    if let Some(n) = NAMES.read().unwrap_or_else(|e| e.into_inner()).get(shard) {
+        return n;
+    }
+    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+    while names.len() < shards {
+        let i = names.len();
+        names.push(Box::leak(format!("{ENDPOINTS}-{i}").into_boxed_str()));
+    }
+    names[shard]
 }
 
 /// Room left for the `<prefix>-<HASH8>-` part within nft's 256-byte chain names, as kube-proxy.

@@ -163,6 +163,7 @@ fn rule_name(r: &R) -> String {
         R::address | R::ipv4 | R::ipv6 => "an address",
         R::proto => "a protocol (tcp, udp, sctp)",
         R::port => "a port",
+        R::num_range => "a range of integers",
         R::dec => "a decimal number",
         R::number => "a number",
         R::duration | R::duration_part => "a duration",
@@ -522,6 +523,7 @@ fn values(p: Pair<R>, types: &[DataType]) -> Res<Vec<Value>> {
                 | (Value::Proto(_), DataType::InetProto)
                 | (Value::Port(_), DataType::InetService)
                 | (Value::Num(_), DataType::Integer)
+                | (Value::Range(..), DataType::Integer)
         );
         if !ok {
             return Err(error_at(
@@ -542,6 +544,18 @@ fn value(p: Pair<R>) -> Res<Value> {
         },
         R::proto => Value::Proto(proto(p)),
         R::port => Value::Port(int::<u16>(&p, "port")?),
+        R::num_range => {
+            let mut it = p.clone().into_inner();
+            let (a, b) = (it.next().unwrap(), it.next().unwrap());
+            let (a, b) = (int::<u32>(&a, "integer")?, int::<u32>(&b, "integer")?);
+            if a > b {
+                return Err(error_at(
+                    &p,
+                    format!("range `{}` ends before it starts", p.as_str()),
+                ));
+            }
+            Value::Range(a, b)
+        }
         r => unreachable!("unexpected {r:?} as value"),
     })
 }

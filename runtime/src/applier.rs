@@ -619,7 +619,7 @@ fn inject<'m>(plan: &mut Plan<'m>, desired: &'m Ruleset) {
 
 /// Encodes the plan's steps, in order, into the batch.
 /// Sets created in the batch so far (name -> id) and the next id, per table.
-/// Also the table's interval sets with concatenated keys (see `Enc::pipapo`).
+/// Also the table's interval sets (see `Enc::interval`).
 struct SetIds(HashMap<String, u32>, u32, std::collections::HashSet<String>);
 
 fn encode(batch: &mut Batch, plan: &Plan, desired: &Ruleset) -> Result<(), ApplyError> {
@@ -628,20 +628,20 @@ fn encode(batch: &mut Batch, plan: &Plan, desired: &Ruleset) -> Result<(), Apply
     for (i, op) in plan.ops.iter().enumerate() {
         let (fam, table) = op_table(op);
         let st = ids.entry((fam, table)).or_insert_with(|| {
-            let pipapo = desired
+            let interval = desired
                 .tables
                 .iter()
                 .filter(|t| t.family == fam && t.name == table)
                 .flat_map(|t| &t.sets)
-                .filter(|s| s.flags.interval && s.key.len() > 1)
+                .filter(|s| s.flags.interval)
                 .map(|s| s.name.clone())
                 .collect();
-            SetIds(HashMap::new(), 1, pipapo)
+            SetIds(HashMap::new(), 1, interval)
         });
         let mut enc = Enc::new(batch, fam, table).map_err(|r| invalid(op, r))?;
         enc.new_sets = std::mem::take(&mut st.0);
         enc.next_set_id = st.1;
-        enc.pipapo = std::mem::take(&mut st.2);
+        enc.interval = std::mem::take(&mut st.2);
         let r = match op {
             Op::EnsureTable { .. } => enc.ensure_table(i),
             Op::DelTable { .. } => {
@@ -660,7 +660,7 @@ fn encode(batch: &mut Batch, plan: &Plan, desired: &Ruleset) -> Result<(), Apply
         };
         st.0 = std::mem::take(&mut enc.new_sets);
         st.1 = enc.next_set_id;
-        st.2 = std::mem::take(&mut enc.pipapo);
+        st.2 = std::mem::take(&mut enc.interval);
         r.map_err(|r| invalid(op, r))?;
     }
     Ok(())

@@ -311,6 +311,7 @@ fn check_type(v: &Value, t: DataType, interval: bool) -> EncResult<()> {
             (v, t),
             (Value::Prefix(IpNet::V4(_)), DataType::Ipv4Addr)
                 | (Value::Prefix(IpNet::V6(_)), DataType::Ipv6Addr)
+                | (Value::Range(..), DataType::Integer)
         ));
     if ok {
         Ok(())
@@ -338,6 +339,12 @@ fn value_bytes(v: &Value, end: End) -> Val {
         Value::Port(p) => Val::of(&p.to_be_bytes()),
         // numgen writes a host-endian u32.
         Value::Num(n) => Val::of(&n.to_ne_bytes()),
+        // Interval sets compare keys as bytes: the rule turns numgen's value to network order
+        // (see `Enc::load_key`), and so are the ranges' ends.
+        Value::Range(a, b) => match end {
+            End::Start => Val::of(&a.to_be_bytes()),
+            End::Last => Val::of(&b.to_be_bytes()),
+        },
     }
 }
 
@@ -398,9 +405,9 @@ pub struct Enc<'b> {
     /// Sets created in this batch: name -> transaction id (rules and elements refer to them by id).
     pub new_sets: HashMap<String, u32>,
     pub next_set_id: u32,
-    /// Interval sets with concatenated keys (pipapo) of this table: nft converts host-order
-    /// fields of their lookup keys to network order.
-    pub pipapo: std::collections::HashSet<String>,
+    /// Interval sets of this table: nft converts host-order fields of their lookup keys to
+    /// network order (they compare keys as bytes).
+    pub interval: std::collections::HashSet<String>,
 }
 
 impl<'b> Enc<'b> {
@@ -411,7 +418,7 @@ impl<'b> Enc<'b> {
             table: cstr(table)?,
             new_sets: HashMap::new(),
             next_set_id: 1,
-            pipapo: Default::default(),
+            interval: Default::default(),
         })
     }
 
@@ -809,7 +816,8 @@ impl<'b> Enc<'b> {
         if key.is_empty() {
             return Err("empty key".into());
         }
-        let pipapo = key.len() > 1 && self.pipapo.contains(set);
+        let interval = self.interval.contains(set);
+        let pipapo = key.len() > 1 && interval;
         let mut slot = 0;
         for f in key {
             if matches!(f, Field::Numgen { modulus: 0, .. }) {
@@ -826,6 +834,17 @@ impl<'b> Enc<'b> {
                         .u32(s::NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON)
                         .u32(s::NFTNL_EXPR_BYTEORDER_LEN, 1)
                         .u32(s::NFTNL_EXPR_BYTEORDER_SIZE, 2),
+                );
+            }
+            if interval && matches!(f, Field::Numgen { .. }) {
+                // numgen's host-order u32 to network order, as nft does (`byteorder … hton`).
+                o.add_expr(
+                    Expr::new(c(b"byteorder\0"))
+                        .u32(s::NFTNL_EXPR_BYTEORDER_SREG, reg(slot))
+                        .u32(s::NFTNL_EXPR_BYTEORDER_DREG, reg(slot))
+                        .u32(s::NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON)
+                        .u32(s::NFTNL_EXPR_BYTEORDER_LEN, 4)
+                        .u32(s::NFTNL_EXPR_BYTEORDER_SIZE, 4),
                 );
             }
             slot += pad4(self.field_len(*f)) / 4;

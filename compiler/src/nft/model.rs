@@ -173,6 +173,9 @@ pub enum Value {
     Port(u16),
     /// A 32-bit integer ([`DataType::Integer`]): an endpoint-map id or slot.
     Num(u32),
+    /// `first-last`: the integers first ..= last (only in interval sets of integers: the
+    /// endpoint maps' key ranges).
+    Range(u32, u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,6 +175,7 @@ fn write_value(out: &mut String, v: &Value) {
         Value::Proto(p) => write!(out, "{}", p.keyword()),
         Value::Port(p) => write!(out, "{p}"),
         Value::Num(n) => write!(out, "{n}"),
+        Value::Range(a, b) => write!(out, "{a}-{b}"),
     };
 }
 
