@@ -683,7 +683,14 @@ fn typed_values(c: &mut Cur, types: &[DataType]) -> Option<Vec<Value>> {
             },
             DataType::InetProto => Value::Proto(proto(w)?),
             DataType::InetService => Value::Port(dec(w)?),
-            DataType::Integer => Value::Num(dec(w)?),
+            // `first-last` (interval maps of integers: the endpoint maps' key ranges).
+            DataType::Integer => match w.split_once('-') {
+                None => Value::Num(dec(w)?),
+                Some((a, b)) => {
+                    let (a, b) = (dec(a)?, dec(b)?);
+                    (a <= b).then_some(Value::Range(a, b))?
+                }
+            },
         };
         let ok = matches!(
             (&v, t),
@@ -695,7 +702,7 @@ fn typed_values(c: &mut Cur, types: &[DataType]) -> Option<Vec<Value>> {
                 DataType::Ipv6Addr
             ) | (Value::Proto(_), DataType::InetProto)
                 | (Value::Port(_), DataType::InetService)
-                | (Value::Num(_), DataType::Integer)
+                | (Value::Num(_) | Value::Range(..), DataType::Integer)
         );
         if !ok {
             return None;
