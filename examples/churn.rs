@@ -11,7 +11,8 @@
 //!
 //! Prints the changes made, the syncs the daemon did (by kind, from `/metrics`), and its RSS:
 //! after the first sync, peak (VmHWM), at the end, and the slope (least squares over the churn
-//! phase after a warm-up, in MiB per hour). Run it in a throwaway network namespace (the
+//! phase after a warm-up, in MiB per hour); then whether the kernel holds exactly what the
+//! files compile to (`svcc diff`) and the daemon's object counts (its metrics). Run it in a throwaway network namespace (the
 //! daemon programs the current one), as root:
 //!
 //!   ip netns add c; ip netns exec c target/release/examples/churn --seconds 60; ip netns del c
@@ -409,6 +410,24 @@ fn main() {
         slope_mib_per_hour(fit),
         if fit.len() == warm.len() { o.warmup } else { 0 },
         fit.len()
+    );
+    // The kernel holds exactly what the files compile to (exit 0: no difference).
+    let diff = Command::new(&o.svcc)
+        .arg("diff")
+        .args(["--hostname-override", "node-1", "--node-ip", "192.168.0.2"])
+        .args(["--cluster-cidr", "10.128.0.0/9"])
+        .arg(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("svcc diff");
+    println!(
+        "kernel == compile of the files at the end (svcc diff): {}",
+        if diff.success() {
+            "yes".to_string()
+        } else {
+            format!("NO ({diff})")
+        }
     );
     let objects_end = objects(&m);
     println!(
