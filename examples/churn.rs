@@ -377,7 +377,12 @@ fn main() {
         .copied()
         .filter(|s| s.0 >= o.warmup as f64)
         .collect();
-    let fit = if warm.len() >= 10 { &warm } else { &samples };
+    // Too short a run for a slope after the warm-up: none.
+    let slope = if warm.len() >= 10 {
+        format!("{:.1}", slope_mib_per_hour(&warm))
+    } else {
+        "n/a".into()
+    };
     let min = samples.iter().map(|s| s.1).min().unwrap_or(rss_end);
     let max = samples.iter().map(|s| s.1).max().unwrap_or(rss_end);
     if let Some(f) = &o.samples {
@@ -401,15 +406,14 @@ fn main() {
         kind("unchanged")
     );
     println!(
-        "rss_mib after_first_sync {} peak {} churn_min {} churn_max {} end {} slope_mib_per_hour {:.1} (after {} s warm-up, {} samples)",
+        "rss_mib after_first_sync {} peak {} churn_min {} churn_max {} end {} slope_mib_per_hour {slope} (after {} s warm-up, {} samples)",
         rss_start / 1024,
         hwm / 1024,
         min / 1024,
         max / 1024,
         rss_end / 1024,
-        slope_mib_per_hour(fit),
-        if fit.len() == warm.len() { o.warmup } else { 0 },
-        fit.len()
+        o.warmup,
+        warm.len()
     );
     // The kernel holds exactly what the files compile to (exit 0: no difference).
     let diff = Command::new(&o.svcc)

@@ -168,9 +168,9 @@ MD
 echo "== 6. apply --ruleset vs nft -f (10k/100k file), 3 rounds"
 med() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 : > "$work/rs_nft"; : > "$work/rs_svcc"
-for _ in 1 2 3; do
-  ns=$(newns rsnft); /usr/bin/time -f "%e %M" -a -o "$work/rs_nft" ip netns exec "$ns" nft -f "$work/c10k.nft"
-  ns=$(newns rssvcc); /usr/bin/time -f "%e %M" -a -o "$work/rs_svcc" ip netns exec "$ns" $svcc apply --ruleset "$work/c10k.nft" 2>/dev/null
+for i in 1 2 3; do
+  ns=$(newns "rsnft$i"); /usr/bin/time -f "%e %M" -a -o "$work/rs_nft" ip netns exec "$ns" nft -f "$work/c10k.nft"
+  ns=$(newns "rssvcc$i"); /usr/bin/time -f "%e %M" -a -o "$work/rs_svcc" ip netns exec "$ns" $svcc apply --ruleset "$work/c10k.nft" 2>/dev/null
 done
 rs_nft_t=$(awk '{print $1}' "$work/rs_nft" | med); rs_nft_m=$(( $(awk '{print $2}' "$work/rs_nft" | med) / 1024 ))
 rs_t=$(awk '{print $1}' "$work/rs_svcc" | med); rs_m=$(( $(awk '{print $2}' "$work/rs_svcc" | med) / 1024 ))
