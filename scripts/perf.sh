@@ -48,6 +48,31 @@ ratio=$(python3 -c "print(f'{$fs_apply/$nft_time:.2f}')")
 objects=${objects//_/ }
 echo "   nft -f: $nft_time s; applier: $fs_apply s (encode $fs_encode, kernel $fs_kernel; ratio $ratio) after compile $fs_compile s; svcc apply: $apply_time s; svcc apply --ruleset: $applyfile_time s; $objects"
 
+echo "== 2b. full load linearity: svcc apply from YAML, 3k vs 30k services (10 endpoints each)"
+lin() {
+  local ns; ns=$(newns "lin$1")
+  $gen "$1" "$(( $1 * 10 ))" > "$work/lin$1.yaml"
+  local t0 t1; t0=$(now); ip netns exec "$ns" $svcc apply "${node[@]}" "$work/lin$1.yaml" 2>/dev/null; t1=$(now)
+  elapsed "$t0" "$t1"
+  rm -f "$work/lin$1.yaml"
+}
+lin3k=$(lin 3000); lin30k=$(lin 30000)
+linratio=$(python3 -c "print(f'{$lin30k/$lin3k:.1f}')")
+echo "   3k: $lin3k s; 30k: $lin30k s (30k/3k = $linratio)"
+
+echo "== 2c. endpoint-map layouts through nft -f (scripts/layouts/compare.sh)"
+layouts=$(R=7 scripts/layouts/compare.sh 1000 10000)
+echo "$layouts"
+layout_rows=$(python3 -c '
+import sys, statistics
+for l in sys.stdin:
+    w = l.split()
+    if len(w) < 9: continue
+    ks = [float(x) for x in w[7:-1]]
+    sysv = w[6].rstrip("):")
+    print(f"| {w[0]} | {w[1]} | {w[3]} s (sys {sysv} s) | {statistics.median(ks):.2f} ms |")
+' <<<"$layouts")
+
 echo "== 3. incremental sync after one endpoint change (svcc run's path: session delta + applier)"
 sync_rows=""
 for n in 1000 10000 30000; do
@@ -91,6 +116,7 @@ affinity, traffic policies). Criterion benchmarks of each stage: \`cargo bench -
 |---|---|---|---|---|
 | 1 | cold compile, 10k services / 100k endpoints from YAML | $c_time s, $c_mib MiB peak RSS | ≤ 1.5 s, ≤ 200 MiB | — |
 | 2 | full sync: the netlink applier vs \`nft -f\` of the same compiled file | $fs_apply s vs $nft_time s (ratio $ratio; encode $fs_encode s, kernel $fs_kernel s, $fs_msgs messages); with the compile ($fs_compile s) before it; whole \`svcc apply\` command $apply_time s, \`apply --ruleset\` $applyfile_time s | ≤ 2 s, ≤ 1/3 of nft -f | nftables mode: 13–16 min full syncs at 5k–44k services |
+| 2b | full load linearity: \`svcc apply\` from YAML, 3k vs 30k services | $lin3k s vs $lin30k s (30k/3k = $linratio) | ≤ 11, 30k ≤ 8 s | nftables mode: 13–16 min at 5k–44k |
 | 3 | incremental sync after one endpoint change | see below | ≤ 5 ms, 30k/1k ≤ 1.5 | 141 ms to add one Service at 10k |
 | 4 | new TCP connections/s through one VIP (nftables) | 1: $nft1, 10k: $nft10k, 30k: $nft30k (30k/1 = $dpratio) | 30k/1 ≥ 0.95 | nftables flat; iptables +~20 ns/rule |
 | 4b | same, iptables backend (legacy), for contrast | 1: $ipt1, 10k: $ipt10k, 30k: $ipt30k | — | |
@@ -110,6 +136,19 @@ one Service at 10k).
 | services | endpoint replaced | endpoint added/removed | Service added/removed |
 |---|---|---|---|
 $sync_rows
+## Endpoint-map layouts (one endpoint added; \`scripts/layouts/compare.sh\`)
+
+A synthetic table through \`nft -f\` (N services: a verdict map → one chain per service → one
+\`dnat … map\` rule; endpoint maps of 16 services; 10 endpoints each). Full load: \`nft -f\` of
+the whole table (wall, and the kernel's sys time); one endpoint added: the kernel time of the
+batch (strace -T of nft's \`sendmsg\`, which commits), median of 7. \`hash\`: \`ID . numgen
+random mod N\` (the previous layout: the count is in the rule, which is replaced); \`rbtree\`:
+interval map keyed \`numgen random mod 65536 offset BASE\`, each endpoint a key range (svcc's
+layout); \`pipapo\`: interval map over the concatenation \`ID . numgen random mod 65536\`.
+
+| services | layout | full load (nft -f) | one endpoint added (kernel) |
+|---|---|---|---|
+$layout_rows
 MD
 # The analysis below was written from these measurements and the profiles named in it.
 cat >> docs/PERFORMANCE.md <<'MD'
@@ -127,45 +166,56 @@ cat >> docs/PERFORMANCE.md <<'MD'
   instead of 125k, and the applier sends one batch of ≈44k messages. Both `nft -f` and the
   applier now spend most of their time outside the kernel's rule handling; the applier's
   remaining cost is encoding (libnftnl) and the kernel's element inserts.
-- **(3) incremental sync — ≤ 5 ms met for endpoint changes that keep the count; the 30k/1k
-  ratio is the kernel's.** A replaced endpoint is one element deleted and one added in an
-  endpoint map (data, not verdicts), so `nf_tables_commit` does not re-validate the table, and
-  the compile session re-lowers only the Service concerned (`Session::compile_delta`, no
-  whole-model work): the compile and encode parts are flat (≈ 0.1–0.2 ms). What grows is the
-  kernel's commit (the "of which kernel" figure), and `perf record -a` during 6,000 such
-  changes at 30k (`SVCC_SYNC_CHANGES=6000 examples/sync 30000`) puts it in
-  `nf_tables_commit` itself: every commit walks every chain of every table to publish the
-  next generation's rules (step 2 of the commit), whatever changed — ≈ 20 ns per chain, so
-  ≈ 1 ms with the 47k chains of 30k services. Only fewer chains per service would lower it. When
-  the **count** changes, the service chain's one rule (`numgen random mod N`) changes, and any
-  new rule with `dnat` makes the kernel walk every chain reachable from the base chains
-  (`nft_table_validate`): that part grows with the table (see the column) and no layout that
-  keeps `numgen` in the rule avoids it on this kernel. Adding or removing a whole Service is a
-  delta too (its chains, its map elements), against kube-proxy's 141 ms at 10k.
-- **(4) data plane — met.** Dispatch is one verdict-map lookup and endpoint choice one hash
-  lookup, whatever the number of services (each figure is the median of five runs taken in
+- **(3) incremental sync — endpoint changes touch no rule.** The endpoint maps are interval
+  maps (the kernel's rbtree) keyed `numgen random mod 65536 offset BASE`, each endpoint a key
+  range: an endpoint replaced, added or removed deletes and adds elements with non-verdict
+  data, so `nf_tables_commit` never re-validates the table for it (`nft_table_validate`
+  walks every path from the base chains: ≈ 5 ms at 10k and ≈ 40–70 ms at 30k services in
+  the layout table and the previous figures), and the compile session re-lowers only the
+  Service concerned (`Session::compile_delta`, no whole-model work: ≈ 0.1–0.3 ms). What
+  still grows is the commit itself: every commit walks every chain of every table to publish
+  the next generation's rules (step 2 of `nf_tables_commit`), ≈ 20 ns per chain, ≈ 1 ms
+  with the 44k chains of 30k services; only fewer chains per service would lower it. The
+  pipapo alternative (a concatenation with a range) costs ≈ 5–7 ms per change at any size:
+  pipapo rebuilds the set's match data at each commit. **Service added/removed** needs new
+  verdict elements (`… : goto service-…` in `service-ips`) and new rules with `dnat`: the
+  kernel validates the whole table for either (any verdict element with a jump/goto, any
+  rule with `dnat`), so it stays O(table) on this kernel — the column shows it.
+- **(4) data plane — met.** Dispatch is one verdict-map lookup and endpoint choice one
+  interval-map lookup (an rbtree of at most 16 service ports' ranges: its depth does not grow
+  with the cluster), whatever the number of services (each figure is the median of five runs taken in
   rounds over the sizes; single runs on this 2-core VM vary by ±15 %, and a series' first runs
   tend to be faster, which is why the sizes are interleaved). The iptables backend walks `SVCC-SERVICES` linearly
   (the measured service sorts last): kube-proxy's published curve.
 - **Benchmarks** (`cargo bench --bench stages`): each compiler stage at 1k/10k/30k, the
   whole-model diff, and `delta/endpoint` — the session's delta after one endpoint change —
   which stays at 0.1–0.2 ms from 1k to 30k services.
-- **(5) sets/maps — traded for (3), measured.** 12 fixed sets/maps plus the endpoint maps,
-  whose number grows with the cluster (a power of two, one per ≤ 16 service ports, at most
-  1024). One endpoint map would be constant, but loading it is quadratic in the kernel: every
-  rule that looks up a map walks all its elements when it binds it (`nf_tables_bind_set`), and
-  every element added to a map is checked against every binding (`nft_add_set_elem`): one map
-  for 10k services / 100k endpoints took 186 s of kernel time to load. Per-endpoint rules
-  (constant 12 maps) cost instead a whole-table validation on every endpoint change (46–59 ms
-  at 10k, 156 ms at 30k). `names::MAX_ENDPOINT_SHARDS = 1` restores the single map. The
-  per-packet cost does not depend on the number of maps (each chain names its own).
+- **(2b) full load linear.** The endpoint maps are no longer capped at 1,024: each holds at
+  most 16 service ports at any scale, so the kernel's per-map cost (every binding chain
+  walks the map's elements, `nf_tables_bind_set`; every element checks every binding) stays
+  constant per map and the load grows linearly (with the cap, 30k services took 27–36 s,
+  `nf_tables_bind_set` over half the busy time). The price: one set per 16 service ports
+  (the kernel finds a set by name on a list walk: rules × sets, a small constant here).
+- **(5) sets/maps — traded for (2b) and (3), measured.** 12 fixed sets/maps plus the endpoint
+  maps, a power of two, one per ≤ 16 service ports (at most 2^16). One endpoint map would be
+  constant, but loading it is quadratic in the kernel (above): one map for 10k services /
+  100k endpoints took 186 s of kernel time. The per-packet cost does not depend on the
+  number of maps (each chain names its own), and an rbtree lookup is logarithmic in its
+  map's ≤ 2 × 16 × endpoints nodes.
+- **Kernel objects per endpoint**: 2 rbtree elements in its endpoint map (a key range is a
+  start and an end element; the kernel refuses two consecutive start elements in a named
+  set, so the ends cannot be left out), twice for eTP/iTP Local service ports whose
+  endpoints are local (cluster and local maps), plus one `hairpin` element per endpoint
+  address (`endpoint . endpoint`, used by the one masquerade rule for a pod reaching itself
+  through a service; nft has no register-to-register comparison, so `saddr == daddr` needs
+  the set). Affinity entries are made by packets, not by the loader.
 MD
 # ---- apply --ruleset and svcc run under churn (issue 14): a self-contained block -------------
 # `svcc apply --ruleset` of the 10k/100k file against `nft -f` of it, time and peak RSS, three
 # rounds interleaved (medians); the phases from examples/apply-ruleset (which also checks that
 # the fast parser and pest give the same model). Then examples/churn: `svcc run`'s RSS under
 # fast churn for CHURN_SECONDS (default 60; 0 skips; 3600 for the hour).
-echo "== 6. apply --ruleset vs nft -f (10k/100k file), 3 rounds"
+echo "== 7. apply --ruleset vs nft -f (10k/100k file), 3 rounds"
 med() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 : > "$work/rs_nft"; : > "$work/rs_svcc"
 for i in 1 2 3; do
@@ -181,14 +231,14 @@ echo "   nft -f: $rs_nft_t s, $rs_nft_m MiB; svcc apply --ruleset: $rs_t s, $rs_
 churn_secs=${CHURN_SECONDS:-60}
 churn_out="(skipped: CHURN_SECONDS=0)"
 if [ "$churn_secs" != 0 ]; then
-  echo "== 7. svcc run under churn, 10k/100k, $churn_secs s"
+  echo "== 7b. svcc run under churn, 10k/100k, $churn_secs s"
   ns=$(newns churn)
   churn_out=$(ip netns exec "$ns" target/release/examples/churn --seconds "$churn_secs" 2>/dev/null)
   echo "$churn_out" | sed 's/^/   /'
 fi
 cat >> docs/PERFORMANCE.md <<MD
 
-## 6. \`svcc apply --ruleset\` and \`svcc run\` memory under churn
+## 7. \`svcc apply --ruleset\` and \`svcc run\` memory under churn
 
 \`svcc apply --ruleset\` of the 10k/100k file reads it with the fast parser (\`grammar/src/fast.rs\`:
 a line at a time, straight into the model; pest only for what it does not recognise), medians

@@ -43,9 +43,9 @@ pub const AFFINITY: &str = "affinity";
 pub const HAIRPIN: &str = "hairpin";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
 pub const SERVICE_CIDRS: &str = "service-cidrs";
-/// `id . slot -> address . port`: the endpoints of every service port (see
-/// [`endpoint_id_seed`] and `nft::build::endpoint_ids`), when they fit in one map; else
-/// [`endpoints_map`] names its shards.
+/// `key range -> address . port`: the endpoints of every service port, each id owning 2^16
+/// keys (see [`endpoint_id_seed`] and `nft::build::endpoint_ids`), when they fit in one map;
+/// else [`endpoints_map`] names its shards.
 pub const ENDPOINTS: &str = "endpoints";
 
 /// The most shards of the endpoints map (see `nft::build::endpoint_shards`): each shard owns
@@ -142,8 +142,8 @@ pub enum EndpointSet {
 /// The preferred endpoint-map id of a service port's cluster or local endpoints: 32-bit
 /// FNV-1a of `ns/svc/proto/port/cluster` (or `/local`).
 ///
-/// The id is written into the ruleset (`numgen random mod 1 offset ID` and the `@endpoints`
-/// keys) and must stay the same across releases, builds and processes so that an endpoint
+/// The id (this seed modulo the id space, `shards x 2^16`) is written into the ruleset (the
+/// `numgen … offset` of the service chain and the `@endpoints` keys) and must stay the same across releases, builds and processes so that an endpoint
 /// change only ever changes map elements. So it is a fixed, documented function of the names
 /// only, spelled out here (std's hashers are randomly seeded or unspecified across Rust
 /// versions). FNV-1a is enough: the input is not adversarial, and the rare collision is

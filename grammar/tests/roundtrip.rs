@@ -168,6 +168,7 @@ fn every_variant_is_covered_by_the_samples() {
         "Prefix(",
         "Proto(",
         "Port(",
+        "Range(",
         "Verdict",
         "Values(",
         "Net(",

@@ -625,9 +625,17 @@ struct SetIds(HashMap<String, u32>, u32, std::collections::HashSet<String>);
 fn encode(batch: &mut Batch, plan: &Plan, desired: &Ruleset) -> Result<(), ApplyError> {
     // Per table: the sets created in this batch (name -> id), and the next id.
     let mut ids: HashMap<(Family, &str), SetIds> = HashMap::new();
+    // Only rules look up sets (an endpoint change has none: no walk over thousands of sets).
+    let has_rules = plan
+        .ops
+        .iter()
+        .any(|o| matches!(o, Op::AddRule { .. } | Op::Invalid { .. }));
     for (i, op) in plan.ops.iter().enumerate() {
         let (fam, table) = op_table(op);
         let st = ids.entry((fam, table)).or_insert_with(|| {
+            if !has_rules {
+                return SetIds(HashMap::new(), 1, Default::default());
+            }
             let interval = desired
                 .tables
                 .iter()

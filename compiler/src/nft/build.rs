@@ -96,13 +96,16 @@ const AFFINITY_KEY: [Field; 4] = [Field::Saddr, Field::L4Proto, Field::Daddr, Fi
 ///
 /// Every service port has two ids, one for its cluster endpoints and one for its local
 /// endpoints, whether or not the chain is used, so that they never change when only
-/// endpoints change. An id is [`names::endpoint_id_seed`] (FNV-1a of the name), or on a
-/// collision the next free value (linear probing, service ports in sorted order, cluster
-/// before local): deterministic, and an unrelated service changes an existing id only if
-/// it collides with it (about n / 2^32).
+/// endpoints change. Ids live in `0 .. shards x 2^16`: an id is [`names::endpoint_id_seed`]
+/// (FNV-1a of the name) modulo that, or on a collision the next free value (linear probing,
+/// service ports in sorted order, cluster before local): deterministic, and an unrelated
+/// service changes an existing id only if it collides with it (about n / (shards x 2^16), a
+/// few in 10,000 with 16 service ports per map) or changes the number of maps.
 ///
-/// The elements of id `i` live in endpoint map `i % shards` ([`EndpointIds::map`]); the
-/// number of shards is [`endpoint_shards`] of the number of service ports.
+/// The elements of id `i` live in endpoint map `i % shards` ([`EndpointIds::map`]), at the
+/// keys `base(i) ..= base(i) + 2^16 - 1` with `base(i) = (i / shards) x 2^16`
+/// ([`EndpointIds::base`]); the number of shards is [`endpoint_shards`] of the number of
+/// service ports.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointIds {
     /// Shared until changed: cloning is O(1), the first `insert`/`remove` of a clone copies.
@@ -723,12 +726,13 @@ fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
 /// The rules of a chain that picks one of `eps` uniformly at random, and the elements of
 /// `@endpoints` they pick from.
 ///
-/// Without affinity: ONE rule, `meta l4proto P dnat … to numgen random mod 1 offset ID .
-/// numgen random mod N map @endpoints`, and the elements `ID . i : address . port`. So an
-/// endpoint replaced by another (same count) changes map elements only, never a rule; a
-/// count change changes that one rule. (nft 1.0.6 cannot type a literal inside a
-/// concatenated map key, hence the constant written as `numgen random mod 1 offset ID`;
-/// `meta l4proto` gives the NAT port its protocol.)
+/// Without affinity: ONE rule, `meta l4proto P dnat … to numgen random mod 65536 offset
+/// BASE map @endpoints…` (BASE = [`EndpointIds::base`] of the chain's id), and one element
+/// per endpoint, `BASE + first - BASE + last : address . port`, endpoint `i` of `n` owning
+/// the keys [`slot_range`]`(i, n)` of an interval map (the kernel's rbtree). The count is in
+/// no rule: an endpoint added, removed or replaced changes map elements only (data, not
+/// verdicts), so the kernel never re-validates the table for it. (`meta l4proto` gives the
+/// NAT port its protocol.)
 ///
 /// With ClientIP affinity: kube-proxy-like per-endpoint rules, as nft 1.0.6 cannot use a
 /// map lookup as the data of `update @affinity { … }`. The service chain first tries
@@ -1284,6 +1288,71 @@ mod tests {
             }
             assert!(dnat_rules > 500, "{dnat_rules}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_added_or_removed_changes_elements_only() {
+        // The count lives in no rule: the chains stay, only endpoint-map (and hairpin)
+        // elements change, and the new ranges still cover the id's keys exactly.
+        let ir = ir(40, 300);
+        let f = &ir.families[0];
+        let ids = endpoint_ids(f);
+        let mut checked = 0;
+        for sp in &f.service_ports {
+            if sp.backends.cluster.len() < 2 || sp.policy.affinity_timeout.is_some() {
+                continue;
+            }
+            let before = service_port_parts(f, sp, &ids);
+            for grow in [false, true] {
+                let mut sp2 = ServicePort::clone(sp);
+                if grow {
+                    let mut b = sp2.backends.cluster[0].clone();
+                    b.addr = "10.250.0.2".parse().unwrap();
+                    sp2.backends.cluster.push(b);
+                } else {
+                    sp2.backends.cluster.pop();
+                }
+                let n = sp2.backends.cluster.len();
+                let after = service_port_parts(f, &sp2, &ids);
+                assert_eq!(before.chains, after.chains, "{}", sp.name);
+                assert_ne!(before.elements, after.elements);
+                let differ = |x: &ServicePortParts, y: &ServicePortParts| -> Vec<&'static str> {
+                    x.elements
+                        .iter()
+                        .filter(|e| !y.elements.contains(e))
+                        .map(|e| e.0)
+                        .collect()
+                };
+                let changed = [differ(&before, &after), differ(&after, &before)].concat();
+                assert!(
+                    changed
+                        .iter()
+                        .all(|m| *m == names::HAIRPIN || m.starts_with(names::ENDPOINTS)),
+                    "{changed:?}"
+                );
+                let base = ids.base(ids.get(&sp.name, EndpointSet::Cluster).unwrap());
+                let mut ranges: Vec<(u32, u32)> = after
+                    .elements
+                    .iter()
+                    .filter_map(|(_, e)| match e.key[..] {
+                        [Value::Range(a, b)] if a >= base && a - base < ENDPOINT_SLOTS => {
+                            Some((a - base, b - base))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                ranges.sort();
+                assert_eq!(ranges.len(), n);
+                assert_eq!(ranges[0].0, 0);
+                assert_eq!(ranges[n - 1].1, ENDPOINT_SLOTS - 1);
+                assert!(ranges.windows(2).all(|w| w[0].1 + 1 == w[1].0));
+                // Fair: the sizes differ by at most one key.
+                let sizes: Vec<u32> = ranges.iter().map(|(a, b)| b - a + 1).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            }
+            checked += 1;
+        }
+        assert!(checked > 10, "{checked}");
     }
 
     #[test]

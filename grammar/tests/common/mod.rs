@@ -261,6 +261,40 @@ pub fn sample(fam: Family) -> Ruleset {
         ep(u32::MAX, 6, a("10.1.0.8", "fd00:1::8"), 65535, None),
     ];
 
+    // The compiler's endpoint maps today: key ranges (rbtree) -> address . port.
+    let mut ranges = set(
+        "endpoints-0",
+        vec![DataType::Integer],
+        Some(SetData::Values(vec![addr_t, S])),
+    );
+    ranges.flags.interval = true;
+    ranges.elements = vec![
+        el(
+            vec![Value::Range(65536, 87381)],
+            Some(ElemData::Values(vec![
+                Addr(a("10.1.0.5", "fd00:1::5")),
+                Port(80),
+            ])),
+            Some("ns1/svc1:p80"),
+        ),
+        el(
+            vec![Value::Range(87382, 131071)],
+            Some(ElemData::Values(vec![
+                Addr(a("10.1.0.6", "fd00:1::6")),
+                Port(80),
+            ])),
+            None,
+        ),
+        el(
+            vec![Value::Range(4294901760, 4294967295)],
+            Some(ElemData::Values(vec![
+                Addr(a("10.1.0.7", "fd00:1::7")),
+                Port(8080),
+            ])),
+            None,
+        ),
+    ];
+
     let mut protos = set("protos", vec![P], None);
     protos.elements = vec![
         el(vec![Proto(tcp)], None, None),
@@ -486,6 +520,21 @@ pub fn sample(fam: Family) -> Ruleset {
                     },
                 ],
                 map: "endpoints".into(),
+            }),
+            // As the compiler picks endpoints: a random key of the service port's range.
+            Rule::new().m(Match::L4Proto(tcp)).s(Stmt::DnatMap {
+                key: vec![Field::Numgen {
+                    modulus: 65536,
+                    offset: 65536,
+                }],
+                map: "endpoints-0".into(),
+            }),
+            Rule::new().m(Match::L4Proto(udp)).s(Stmt::DnatMap {
+                key: vec![Field::Numgen {
+                    modulus: 65536,
+                    offset: 4294901760,
+                }],
+                map: "endpoints-0".into(),
             }),
         ],
     );
@@ -868,6 +917,7 @@ pub fn sample(fam: Family) -> Ruleset {
                 no_ep,
                 hairpin,
                 endpoints,
+                ranges,
                 protos,
                 ports,
                 blocked,
