@@ -4,7 +4,7 @@
 # New inputs go to a temporary directory, so the tree stays clean; a crashing input is kept
 # in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <file>).
 #
-#   scripts/fuzz-smoke.sh [SECONDS_PER_TARGET]   (default 10; 5 targets)
+#   scripts/fuzz-smoke.sh [SECONDS_PER_TARGET]   (default 10; 6 targets)
 #
 # cargo-fuzz is installed if missing. It needs a nightly compiler (sanitizers, -Z flags):
 # the `nightly` toolchain if rustup has it, else the stable one with RUSTC_BOOTSTRAP=1.
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 secs=${1:-10}
-targets=(manifest config grammar netlink compile)
+targets=(manifest config grammar grammar_fast netlink compile)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz-smoke: installing cargo-fuzz" >&2

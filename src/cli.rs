@@ -679,6 +679,11 @@ fn report_line(r: &svcc_runtime::ApplyReport) -> String {
 
 fn apply(c: ApplyCmd) -> Result<ExitCode> {
     if let Some(path) = &c.ruleset {
+        // svcc's own output streams through the fast parser (no whole text, no parse tree);
+        // anything it does not recognise, and every error, is pest's (below).
+        if let Ok(Some(rs)) = svcc_grammar::fast::parse_file(path) {
+            return apply_nft(rs, c.dry_run);
+        }
         let src = inputs::read_file(path)?;
         let rs = match svcc_grammar::parse_ruleset(&src.text) {
             Ok(r) => r,

@@ -24,6 +24,7 @@
 //!
 //! Errors carry the 1-based line and column and a message naming what was expected.
 
+pub mod fast;
 mod normalize;
 mod parse;
 
