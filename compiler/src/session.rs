@@ -854,6 +854,26 @@ spec:
             .collect()
     }
 
+    /// Applies a delta to the model and checks that `Delta::stats_change` (what `svcc run`'s
+    /// object-count metrics follow) moves the counts as the model moved.
+    fn apply_counted(model: &mut Ruleset, delta: &Delta) {
+        let before = model.stats();
+        let (add, del) = delta.stats_change();
+        model.apply_delta(delta).expect("delta fits the model");
+        let after = model.stats();
+        assert_eq!(
+            after.chains,
+            before.chains + add.chains - del.chains,
+            "chains"
+        );
+        assert_eq!(after.rules, before.rules + add.rules - del.rules, "rules");
+        assert_eq!(
+            after.elements,
+            before.elements + add.elements - del.elements,
+            "elements"
+        );
+    }
+
     #[test]
     fn endpoint_changes_are_deltas_that_match_a_full_compile() {
         let mut s = Session::new(node());
@@ -865,7 +885,7 @@ spec:
             assert!(s.set_file(src("endpoints.yaml", &endpoints_file(step))));
             let inc = s.compile_delta().expect("endpoint-only change");
             assert!(!inc.delta.is_empty(), "step {step}");
-            model.apply_delta(&inc.delta).expect("delta fits the model");
+            apply_counted(&mut model, &inc.delta);
             let mut fresh = Session::new(node());
             fresh.set_file(src("services.yaml", SERVICES));
             fresh.set_file(src("endpoints.yaml", &endpoints_file(step)));
@@ -900,7 +920,7 @@ spec:
             match s.compile_delta() {
                 Some(inc) => {
                     assert!(want_delta, "step {i}: a delta, expected a full compile");
-                    model.apply_delta(&inc.delta).expect("delta fits the model");
+                    apply_counted(&mut model, &inc.delta);
                 }
                 None => {
                     assert!(!want_delta, "step {i}: expected a delta");

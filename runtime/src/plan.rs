@@ -705,7 +705,7 @@ pub fn from_delta<'m>(applied: &'m Ruleset, delta: &'m Delta) -> Result<Plan<'m>
             }
         }
         for ch in &td.chains {
-            if let ChainChange::Replace(c) = ch {
+            if let ChainChange::Replace(c, _) = ch {
                 ops.push(Op::FlushChain {
                     fam,
                     table: tn,

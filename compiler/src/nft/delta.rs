@@ -32,8 +32,9 @@ pub struct TableDelta {
 pub enum ChainChange {
     /// A new regular chain, with its rules.
     Add(Chain),
-    /// A chain whose rules changed: flushed and refilled.
-    Replace(Chain),
+    /// A chain whose rules changed: flushed and refilled (the new chain, and how many rules
+    /// the old one had, so the rule count can follow).
+    Replace(Chain, usize),
     /// A chain no longer used (the old one): nothing refers to it after the delta.
     Remove(Chain),
 }
@@ -61,7 +62,10 @@ impl Delta {
                         add.chains += 1;
                         add.rules += c.rules.len();
                     }
-                    ChainChange::Replace(c) => add.rules += c.rules.len(),
+                    ChainChange::Replace(c, old_rules) => {
+                        add.rules += c.rules.len();
+                        del.rules += old_rules;
+                    }
                     ChainChange::Remove(c) => {
                         del.chains += 1;
                         del.rules += c.rules.len();
@@ -160,7 +164,9 @@ impl TableDeltaBuilder {
                 Some(o) if o.base != n.base || o.comment != n.comment => {
                     return Err(NotIncremental(format!("chain {name} changed its comment")))
                 }
-                Some(o) if o.rules != n.rules => chains.push(ChainChange::Replace(n.clone())),
+                Some(o) if o.rules != n.rules => {
+                    chains.push(ChainChange::Replace(n.clone(), o.rules.len()))
+                }
                 Some(_) => {}
             }
         }
@@ -238,7 +244,7 @@ impl Ruleset {
                 .chains
                 .iter()
                 .filter_map(|c| match c {
-                    ChainChange::Replace(c) => Some((c.name.as_str(), c)),
+                    ChainChange::Replace(c, _) => Some((c.name.as_str(), c)),
                     _ => None,
                 })
                 .collect();
