@@ -117,6 +117,17 @@ impl Session {
         &self.settings
     }
 
+    /// Replaces the node settings (`svcc run` fed by the API learns the node IPs from the
+    /// Node object); returns false when they are unchanged. A change means a full compile.
+    pub fn set_settings(&mut self, settings: NodeSettings) -> bool {
+        if self.settings == settings {
+            return false;
+        }
+        self.settings = settings;
+        self.dirty = Dirty::Full;
+        true
+    }
+
     /// Adds or replaces a file; returns false (and does nothing) when its text is unchanged.
     pub fn set_file(&mut self, source: Source) -> bool {
         if self
