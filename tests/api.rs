@@ -350,3 +350,50 @@ fn an_unreachable_api_server_keeps_the_rules_and_is_retried() {
     );
     api.assert_no_violations();
 }
+
+/// Flag and configuration errors, before anything is touched.
+#[test]
+fn one_source_and_a_configuration_are_required() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_svcc"))
+            .arg("run")
+            .args(args)
+            .args([
+                "--node-ip",
+                "192.0.2.1",
+                "--metrics-bind-address",
+                "",
+                "--healthz-bind-address",
+                "",
+            ])
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--watch", "/tmp", "--kubeconfig", "/x"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("two sources"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("svcc-api-noconf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let home = dir.display().to_string();
+    let (code, err) = run(&[], &[("HOME", &home)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no API server configuration"), "{err}");
+
+    let bad = dir.join("kc");
+    std::fs::write(&bad, "clusters: [").unwrap();
+    let (code, err) = run(&["--kubeconfig", &bad.display().to_string()], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("kubeconfig {}", bad.display())),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
