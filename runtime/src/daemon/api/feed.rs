@@ -142,7 +142,11 @@ impl ApiInputs {
             }
         }
         let ips = self.node_ips();
-        if ips != session.settings().node_ips {
+        // A Node deleted (or left without addresses) keeps the last node IPs: rules are not
+        // withdrawn from a node that is still running.
+        if ips != session.settings().node_ips
+            && !(ips.is_empty() && !session.settings().node_ips.is_empty())
+        {
             if ips.is_empty() {
                 tracing::warn!(target: "svcc::api", node = %self.base.hostname, "no node IPs: no --node-ip, and the Node has no InternalIP/ExternalIP (or does not exist): nothing is programmed until it has");
             } else {
@@ -212,5 +216,33 @@ mod tests {
             session.file_names().collect::<Vec<_>>(),
             ["api/Service/d/b"]
         );
+    }
+
+    #[test]
+    fn node_ips_come_from_the_node_and_outlive_it() {
+        let base = NodeSettings {
+            hostname: "n1".into(),
+            ..Default::default()
+        };
+        let mut session = Session::new(base.clone());
+        let mut a = ApiInputs::new(base);
+        a.on_event(ApiEvent::Expect(vec![Kind::Node]));
+        let node = serde_json::json!({"metadata": {"name": "n1"}, "status": {"addresses": [
+            {"type": "InternalIP", "address": "192.168.0.2"}]}});
+        let (key, text) = objects::source_text(Kind::Node, node);
+        a.on_event(ApiEvent::Listed {
+            kind: Kind::Node,
+            objects: vec![(key.clone(), text)],
+        });
+        assert!(a.refresh(&mut session).changed);
+        let ips = vec!["192.168.0.2".parse::<IpAddr>().unwrap()];
+        assert_eq!(session.settings().node_ips, ips);
+        a.on_event(ApiEvent::Delete {
+            kind: Kind::Node,
+            key,
+        });
+        a.refresh(&mut session);
+        assert_eq!(session.settings().node_ips, ips, "kept");
+        assert_eq!(session.file_names().count(), 0);
     }
 }
