@@ -301,6 +301,23 @@ fn the_ruleset_follows_the_api_stream() {
     api.put(Res::EndpointSlices, slice("a", &[0], &[]));
     expect_tcp(&t, &d, "172.30.0.1:80", &ep(0));
     assert!(d.metric("svcc_api_objects") >= 5.0);
+    // … and as a Kubernetes Event regarding it.
+    let mut events = Vec::new();
+    let written = eventually(WAIT, || {
+        events = api.events();
+        !events.is_empty()
+    });
+    assert!(written.is_some(), "no Event:\n{}", d.log_text());
+    let ev = &events[0];
+    assert_eq!(ev["type"], "Warning", "{ev:#}");
+    assert_eq!(ev["reason"], "InvalidObject", "{ev:#}");
+    assert_eq!(ev["reportingController"], "svcc", "{ev:#}");
+    assert_eq!(ev["regarding"]["kind"], "Service", "{ev:#}");
+    assert_eq!(ev["regarding"]["name"], "e", "{ev:#}");
+    assert!(
+        ev["note"].as_str().unwrap().contains("api/Service/t/e"),
+        "{ev:#}"
+    );
 
     assert_eq!(d.stop().code(), Some(0));
     api.assert_no_violations();

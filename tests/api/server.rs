@@ -134,6 +134,8 @@ struct State {
     /// Node whose name the Node watch must select.
     node: String,
     connections: Vec<tokio::task::AbortHandle>,
+    /// Events written (events.k8s.io/v1), by `namespace/name`.
+    events: BTreeMap<String, Value>,
 }
 
 /// The server; runs on its own tokio runtime until dropped.
@@ -181,6 +183,7 @@ impl ApiServer {
             serve_cidrs: true,
             node: node.into(),
             connections: Vec::new(),
+            events: BTreeMap::new(),
         }));
         let mut s = ApiServer {
             state,
@@ -314,6 +317,11 @@ impl ApiServer {
                 c.abort();
             }
         });
+    }
+
+    /// The Events written so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.with(|s| s.events.values().cloned().collect())
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -451,7 +459,132 @@ fn query(req: &Request<Incoming>) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/";
+
+/// create (POST) and patch (merge patch of a series) of events.k8s.io/v1 Events, with the
+/// checks of the API server's validation of that version (eventTime, reportingController,
+/// reportingInstance, action, reason, regarding in the Event's namespace).
+async fn events(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let what = format!("{} {}", parts.method, parts.uri);
+    let refuse = |code: StatusCode, msg: String| {
+        st.lock()
+            .unwrap()
+            .violations
+            .push(format!("{what}: {code}: {msg}"));
+        full(code, status(code.as_u16(), "Invalid", &msg))
+    };
+    for pair in parts.uri.query().unwrap_or_default().split('&') {
+        let k = pair.split('=').next().unwrap_or_default();
+        if !k.is_empty() && !["fieldManager", "dryRun", "fieldValidation"].contains(&k) {
+            return refuse(StatusCode::BAD_REQUEST, format!("unknown parameter {k}"));
+        }
+    }
+    let ct = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let rest = parts.uri.path().trim_start_matches(EVENTS).to_string();
+    let segs: Vec<&str> = rest.split('/').collect();
+    match (parts.method.as_str(), segs.as_slice()) {
+        ("POST", [ns, "events"]) => {
+            if ct != "application/json" {
+                return refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type {ct:?}"),
+                );
+            }
+            let ev: k8s_openapi::api::events::v1::Event = match serde_json::from_slice(&bytes) {
+                Ok(e) => e,
+                Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not an Event: {e}")),
+            };
+            let mut problems = Vec::new();
+            if ev.metadata.namespace.as_deref().is_some_and(|n| n != *ns) {
+                problems.push("metadata.namespace does not match the path");
+            }
+            if ev.event_time.is_none() {
+                problems.push("eventTime: required");
+            }
+            if ev
+                .reporting_controller
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                problems.push("reportingController: required");
+            }
+            if ev
+                .reporting_instance
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                problems.push("reportingInstance: required");
+            }
+            if ev.action.as_deref().unwrap_or_default().is_empty() {
+                problems.push("action: required");
+            }
+            if ev.reason.as_deref().unwrap_or_default().is_empty() {
+                problems.push("reason: required");
+            }
+            if ev.regarding.as_ref().and_then(|r| r.namespace.as_deref()) != Some(*ns) {
+                problems.push("regarding: must name an object of the Event's namespace");
+            }
+            let name = ev.metadata.name.clone().unwrap_or_default();
+            if name.is_empty() {
+                problems.push("metadata.name: required");
+            }
+            if !problems.is_empty() {
+                return refuse(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; "));
+            }
+            let v = serde_json::to_value(&ev).unwrap();
+            let mut s = st.lock().unwrap();
+            s.requests.push(format!("CREATE Event {ns}/{name}"));
+            s.events.insert(format!("{ns}/{name}"), v.clone());
+            full(StatusCode::CREATED, v)
+        }
+        ("PATCH", [ns, "events", name]) => {
+            if ct != "application/merge-patch+json" {
+                return refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type {ct:?}"),
+                );
+            }
+            let patch: Value = match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            let mut s = st.lock().unwrap();
+            s.requests.push(format!("PATCH Event {ns}/{name}"));
+            let Some(ev) = s.events.get_mut(&format!("{ns}/{name}")) else {
+                drop(s);
+                return refuse(StatusCode::NOT_FOUND, "no such Event".into());
+            };
+            if let (Some(e), Some(p)) = (ev.as_object_mut(), patch.as_object()) {
+                for (k, v) in p {
+                    e.insert(k.clone(), v.clone());
+                }
+            }
+            full(StatusCode::OK, ev.clone())
+        }
+        _ => refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only create and patch of events".into(),
+        ),
+    }
+}
+
 async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path().starts_with(EVENTS) {
+        return events(st, req).await;
+    }
     let path = req.uri().path().to_string();
     let refuse = |code: StatusCode, msg: String| {
         let mut s = st.lock().unwrap();

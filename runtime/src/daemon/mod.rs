@@ -143,13 +143,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         Some(a) => {
             // The sender is shared by the API thread's tasks: a Mutex makes it Sync.
             let api_tx = Mutex::new(tx.clone());
-            api::start(a.clone(), move |ev| {
+            let bad = api::start(a.clone(), move |ev| {
                 if let Ok(t) = api_tx.lock() {
                     let _ = t.send(Ev::Api(ev));
                 }
             })
             .map_err(|e| start(e.to_string()))?;
-            Feed::Api(api::feed::ApiInputs::new(cfg.settings.clone()))
+            let mut feed = api::feed::ApiInputs::new(cfg.settings.clone());
+            feed.bad_objects = Some(bad);
+            Feed::Api(feed)
         }
     };
     drop(tx);
@@ -613,6 +615,13 @@ impl Daemon {
             if d.is_error() {
                 new_errors += 1;
                 tracing::error!(target: "svcc::input", file = %d.file, line = ?d.line, object = ?d.object, field = ?d.field, "{text} (left out; everything else is applied)");
+                if let Feed::Api(api::feed::ApiInputs {
+                    bad_objects: Some(b),
+                    ..
+                }) = &self.inputs
+                {
+                    b.report(&d.file, &text);
+                }
             } else {
                 tracing::warn!(target: "svcc::input", file = %d.file, line = ?d.line, "{text}");
             }

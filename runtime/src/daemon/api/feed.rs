@@ -27,6 +27,8 @@ pub struct ApiInputs {
     node: Option<String>,
     /// Failed list/watch/discovery requests so far.
     pub errors: u64,
+    /// Where invalid objects are reported as Kubernetes Events.
+    pub bad_objects: Option<super::BadObjects>,
 }
 
 impl ApiInputs {
@@ -39,6 +41,7 @@ impl ApiInputs {
             pending: BTreeMap::new(),
             node: None,
             errors: 0,
+            bad_objects: None,
         }
     }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
@@ -131,12 +132,64 @@ async fn client_config(c: &ApiConfig) -> Result<Config, ApiError> {
     Ok(cfg)
 }
 
+/// Reports objects svcc cannot compile as Kubernetes Events (events.k8s.io/v1, type Warning,
+/// reason `InvalidObject`, regarding the object), from the API thread.
+#[derive(Clone)]
+pub struct BadObjects(tokio::sync::mpsc::UnboundedSender<(String, String)>);
+
+impl BadObjects {
+    /// `key`: the session source (`api/Kind/ns/name`); other sources are not reported.
+    pub fn report(&self, key: &str, message: &str) {
+        if objects::parse_key(key).is_some() {
+            let _ = self.0.send((key.to_string(), message.to_string()));
+        }
+    }
+}
+
+async fn publish_events(
+    client: Client,
+    node: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    let rec = Recorder::new(
+        client,
+        Reporter {
+            controller: "svcc".into(),
+            instance: Some(format!("svcc-{node}")),
+        },
+    );
+    while let Some((key, message)) = rx.recv().await {
+        let Some((kind, ns, name)) = objects::parse_key(&key) else {
+            continue;
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(kind.api_version().into()),
+            kind: Some(kind.name().into()),
+            namespace: ns.map(str::to_string),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        // An Event's note is at most 1 kB.
+        let note: String = message.chars().take(1000).collect();
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "InvalidObject".into(),
+            note: Some(note),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(e) = rec.publish(&ev, &reference).await {
+            tracing::warn!(target: "svcc::api", object = %key, error = %e, "cannot write the Event reporting an invalid object");
+        }
+    }
+}
+
 /// Starts the API thread. Errors: a configuration that cannot be used (the server being
 /// unreachable is not one: that is retried).
 pub fn start(
     c: ApiConfig,
     send: impl Fn(ApiEvent) + Send + Sync + 'static,
-) -> Result<(), ApiError> {
+) -> Result<BadObjects, ApiError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -146,11 +199,17 @@ pub fn start(
         tracing::info!(server = %cfg.cluster_url, node = %c.node, "svcc run: following the Kubernetes API");
         Client::try_from(cfg).map_err(|e| ApiError::Client(e.to_string()))
     })?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = publish_events(client.clone(), c.node.clone(), rx);
     std::thread::Builder::new()
         .name("svcc-api".into())
-        .spawn(move || rt.block_on(follow_all(client, c.node, send)))
+        .spawn(move || {
+            rt.block_on(async move {
+                futures::join!(follow_all(client, c.node, send), events);
+            })
+        })
         .map_err(|e| ApiError::Client(format!("starting the API thread: {e}")))?;
-    Ok(())
+    Ok(BadObjects(tx))
 }
 
 /// Whether the server serves ServiceCIDRs (networking.k8s.io/v1, Kubernetes 1.33+); asked

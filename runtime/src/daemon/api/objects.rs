@@ -45,6 +45,24 @@ pub fn key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
     }
 }
 
+/// The kind, namespace and name of a session source made by [`key`]; None for other sources.
+pub fn parse_key(key: &str) -> Option<(Kind, Option<&str>, &str)> {
+    let rest = key.strip_prefix("api/")?;
+    let (kind, rest) = rest.split_once('/')?;
+    let kind = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ServiceCidr,
+    ]
+    .into_iter()
+    .find(|k| k.name() == kind)?;
+    Some(match rest.split_once('/') {
+        Some((ns, name)) => (kind, Some(ns), name),
+        None => (kind, None, rest),
+    })
+}
+
 /// The metadata fields lowering reads.
 const KEPT_METADATA: &[&str] = &["name", "namespace", "labels"];
 
@@ -186,6 +204,9 @@ mod tests {
             "endpoints": [], "ports": null});
         let (k, text) = source_text(Kind::EndpointSlice, slice);
         assert_eq!(k, "api/EndpointSlice/d/s");
+        assert_eq!(parse_key(&k), Some((Kind::EndpointSlice, Some("d"), "s")));
+        assert_eq!(parse_key("api/Node/n1"), Some((Kind::Node, None, "n1")));
+        assert_eq!(parse_key("/etc/x.yaml"), None);
         assert_eq!(
             text,
             r#"{"addressType":"IPv4","apiVersion":"discovery.k8s.io/v1","endpoints":[],"kind":"EndpointSlice","metadata":{"labels":{"kubernetes.io/service-name":"web"},"name":"s","namespace":"d"},"ports":null}"#
