@@ -147,9 +147,8 @@ impl ApiInputs {
         let ips = self.node_ips();
         // A Node deleted (or left without addresses) keeps the last node IPs: rules are not
         // withdrawn from a node that is still running.
-        if ips != session.settings().node_ips
-            && !(ips.is_empty() && !session.settings().node_ips.is_empty())
-        {
+        let had = !session.settings().node_ips.is_empty();
+        if ips != session.settings().node_ips && (!ips.is_empty() || !had) {
             if ips.is_empty() {
                 tracing::warn!(target: "svcc::api", node = %self.base.hostname, "no node IPs: no --node-ip, and the Node has no InternalIP/ExternalIP (or does not exist): nothing is programmed until it has");
             } else {
