@@ -164,6 +164,8 @@ pub fn run(c: RunCmd) -> Result<ExitCode> {
                 .map(PathBuf::from),
             _ => None,
         };
+        // kube-proxy's node name: the override (or host name), trimmed and lowercased.
+        settings.hostname = settings.hostname.trim().to_lowercase();
         Some(daemon::api::ApiConfig {
             kubeconfig: c.kubeconfig.or(from_file),
             master: c.master.filter(|m| !m.is_empty()),
