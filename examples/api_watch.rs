@@ -6,6 +6,8 @@
 //!   ip netns add svcc-bench; ip netns exec svcc-bench target/release/examples/api_watch 10000 10
 //!   ip netns del svcc-bench
 //!
+//! (`SVCC_BIN=path/to/svcc` runs another build of the daemon.)
+//!
 //! Prints: the initial list served, compiled and applied (from the daemon's start to /healthz
 //! 200), the daemon's RSS (VmRSS, VmHWM) then, and for one endpoint changed (a slice replaced on
 //! the server) the time from the server sending the event to the daemon's
@@ -147,13 +149,19 @@ fn main() {
         args.first().copied().unwrap_or(10000),
         args.get(1).copied().unwrap_or(10),
     );
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("svcc");
+    // The svcc binary beside this example's directory, or $SVCC_BIN.
+    let bin = std::env::var_os("SVCC_BIN").map_or_else(
+        || {
+            std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("svcc")
+        },
+        std::path::PathBuf::from,
+    );
     let _ = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status();
@@ -252,5 +260,5 @@ fn main() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    println!("daemon log: {}", dir.join("log").display());
 }

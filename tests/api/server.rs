@@ -842,25 +842,30 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body>
         res.kind(),
         rv
     ));
-    let items: Vec<Value> = s
+    let matching: Vec<&Value> = s
         .objects
         .get(&res)
         .into_iter()
         .flat_map(|m| m.values())
         .filter(|o| filter.matches(o))
+        .collect();
+    let total = matching.len();
+    let end = limit.map_or(total, |l| (start + l).min(total));
+    let page: Vec<Value> = matching
+        .get(start..end)
+        .unwrap_or_default()
+        .iter()
         .map(|o| {
             // Items of a typed list carry no apiVersion/kind (the list does).
-            let mut o = o.clone();
+            let mut o = (*o).clone();
             let m = o.as_object_mut().unwrap();
             m.remove("apiVersion");
             m.remove("kind");
             o
         })
         .collect();
-    let end = limit.map_or(items.len(), |l| (start + l).min(items.len()));
-    let page = items.get(start..end).unwrap_or_default().to_vec();
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
-    if end < items.len() {
+    if end < total {
         meta["continue"] = format!("{list_rv}-{end}").into();
     }
     full(
