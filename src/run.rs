@@ -18,6 +18,8 @@ const EXIT_INPUT: u8 = 2;
 
 pub const RUN_EXAMPLES: &str = "\
 Examples:
+  svcc run --kubeconfig /var/lib/svcc/kubeconfig --config kp.yaml   # fed by the Kubernetes API
+  svcc run                 # in a pod: the service account (or KUBECONFIG, ~/.kube/config)
   svcc run --watch /etc/svcc/manifests --config kp.yaml --node-ip 192.168.0.2
   svcc run --watch cluster/ --watch extra.yaml --hostname-override node-a \\
       --node-ip 192.168.0.2 --cluster-cidr 10.244.0.0/16 --min-sync-period 0s --sync-period 10s
@@ -30,9 +32,18 @@ use, no netlink).";
 pub struct RunCmd {
     #[command(flatten)]
     pub node: NodeFlags,
-    /// Files or directories (`*.yaml`, `*.yml`, `*.json`, recursively) to read and watch.
-    #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
+    /// Files or directories (`*.yaml`, `*.yml`, `*.json`, recursively) to read and watch,
+    /// instead of the Kubernetes API.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
     pub watch: Vec<PathBuf>,
+    /// Without --watch, the Kubernetes API is the source: this kubeconfig (default: the
+    /// config file's `clientConnection.kubeconfig`, else KUBECONFIG, else the in-cluster
+    /// service account, else ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The API server's URL (kube-proxy's flag): overrides the kubeconfig's server.
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
     /// At most one sync per this period; changes meanwhile are batched (default 1s, or
     /// `nftables.minSyncPeriod` of --config). `0s` syncs at once.
     #[arg(long, value_name = "DURATION")]
@@ -144,7 +155,32 @@ pub fn run(c: RunCmd) -> Result<ExitCode> {
         Ok(a) => a,
         Err(e) => return bad(e),
     };
+    let api = if c.watch.is_empty() {
+        // clientConnection.kubeconfig of --config, when the flag is not given.
+        let from_file = match (&c.kubeconfig, &c.node.config) {
+            (None, Some(p)) => crate::inputs::read_source(p)
+                .ok()
+                .and_then(|src| {
+                    svcc_compiler::config::parse_kube_proxy_config(&src.name, &src.text).ok()
+                })
+                .and_then(|f| f.kubeconfig)
+                .map(PathBuf::from),
+            _ => None,
+        };
+        // kube-proxy's node name: the override (or host name), trimmed and lowercased.
+        settings.hostname = settings.hostname.trim().to_lowercase();
+        Some(daemon::api::ApiConfig {
+            kubeconfig: c.kubeconfig.or(from_file),
+            master: c.master.filter(|m| !m.is_empty()),
+            node: settings.hostname.clone(),
+        })
+    } else if c.kubeconfig.is_some() || c.master.is_some() {
+        return bad("--watch (files) and --kubeconfig/--master (the Kubernetes API) are two sources: give one".into());
+    } else {
+        None
+    };
     let cfg = daemon::Config {
+        api,
         watch: c.watch,
         settings,
         metrics_addr,

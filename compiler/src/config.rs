@@ -241,6 +241,13 @@ struct KubeProxyConfiguration {
     port_range: Option<String>,
     /// Userspace mode: `udpIdleTimeout`.
     udp_idle_timeout: Option<String>,
+    /// `svcc run` fed by the API: `clientConnection.kubeconfig`.
+    client_connection: Option<ClientConnection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ClientConnection {
+    kubeconfig: Option<String>,
 }
 
 /// `ipvs:` (KubeProxyIPVSConfiguration).
@@ -313,6 +320,8 @@ pub struct FileSettings {
     pub proxy_port_range: Option<(u16, u16)>,
     /// `udpIdleTimeout` (userspace mode).
     pub udp_idle_timeout: Option<Duration>,
+    /// `clientConnection.kubeconfig` (`svcc run` fed by the Kubernetes API).
+    pub kubeconfig: Option<String>,
 }
 
 /// One mode's section of a config file; `None` = not set there.
@@ -484,6 +493,11 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
     }
     let mut out = FileSettings {
         hostname: cfg.hostname_override.filter(|h| !h.is_empty()),
+        kubeconfig: cfg
+            .client_connection
+            .as_ref()
+            .and_then(|c| c.kubeconfig.clone())
+            .filter(|k| !k.is_empty()),
         ..Default::default()
     };
     match cfg.detect_local_mode.as_deref() {
@@ -732,6 +746,7 @@ mod tests {
         let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nclusterCIDR: 10.244.0.0/16,fd00:10:244::/56\nhostnameOverride: node-a\nnftables:\n  masqueradeAll: true\n  masqueradeBit: 15\n  minSyncPeriod: 2s\nnodePortAddresses: [primary]\nclientConnection:\n  kubeconfig: /x\n";
         let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
         assert_eq!(f.hostname.as_deref(), Some("node-a"));
+        assert_eq!(f.kubeconfig.as_deref(), Some("/x"));
         assert_eq!(f.cluster_cidrs.as_ref().unwrap().len(), 2);
         let m = f.section(Backend::Nftables);
         assert_eq!(m.masquerade_all, Some(true));

@@ -100,6 +100,9 @@ pub struct Incremental {
 pub struct Session {
     settings: NodeSettings,
     files: BTreeMap<String, FileState>,
+    /// The files holding objects of each Service (so that a delta visits those files only:
+    /// `svcc run` fed by the API has one source per object, tens of thousands of them).
+    holders: HashMap<SvcKey, BTreeSet<String>>,
     dirty: Dirty,
     compiled: Option<Compiled>,
 }
@@ -109,6 +112,7 @@ impl Session {
         Session {
             settings,
             files: BTreeMap::new(),
+            holders: HashMap::new(),
             dirty: Dirty::Full,
             compiled: None,
         }
@@ -116,6 +120,17 @@ impl Session {
 
     pub fn settings(&self) -> &NodeSettings {
         &self.settings
+    }
+
+    /// Replaces the node settings (`svcc run` fed by the API learns the node IPs from the
+    /// Node object); returns false when they are unchanged. A change means a full compile.
+    pub fn set_settings(&mut self, settings: NodeSettings) -> bool {
+        if self.settings == settings {
+            return false;
+        }
+        self.settings = settings;
+        self.dirty = Dirty::Full;
+        true
     }
 
     /// Adds or replaces a file; returns false (and does nothing) when its text is unchanged.
@@ -139,6 +154,15 @@ impl Session {
         };
         let change = object_change(self.files.get(&state.source.name), Some(&state));
         self.mark(change);
+        if let Some(old) = self.files.get(&state.source.name) {
+            unhold(&mut self.holders, &old.index, &state.source.name);
+        }
+        for k in service_keys(&state.index) {
+            self.holders
+                .entry(k.clone())
+                .or_default()
+                .insert(state.source.name.clone());
+        }
         self.files.insert(state.source.name.clone(), state);
         true
     }
@@ -147,6 +171,7 @@ impl Session {
     pub fn remove_file(&mut self, name: &str) -> bool {
         match self.files.remove(name) {
             Some(old) => {
+                unhold(&mut self.holders, &old.index, name);
                 let change = object_change(Some(&old), None);
                 self.mark(change);
                 true
@@ -277,7 +302,8 @@ impl Session {
             let mut service = Vec::new();
             let mut slices = Vec::new();
             let mut legacy = None;
-            for f in self.files.values() {
+            let holders = self.holders.get(k).into_iter().flatten();
+            for f in holders.filter_map(|n| self.files.get(n)) {
                 for &i in f.index.services.get(k).into_iter().flatten() {
                     if let (o, Object::Service(s)) = &f.parsed.objects[i] {
                         service.push((o, s.as_ref()));
@@ -425,9 +451,9 @@ impl Session {
                 .flatten()
                 .map(|d| d.file.as_str())
                 .collect();
-            self.files
-                .values()
-                .filter(|f| files.contains(f.source.name.as_str()))
+            files
+                .iter()
+                .filter_map(|n| self.files.get(*n))
                 .map(|f| f.source.clone())
                 .collect()
         };
@@ -521,6 +547,25 @@ impl Session {
             .values()
             .flat_map(|f| f.parsed.skipped.iter().cloned())
             .collect()
+    }
+}
+
+/// The Services a file has objects of.
+fn service_keys(ix: &ServiceIndex) -> impl Iterator<Item = &SvcKey> {
+    ix.services
+        .keys()
+        .chain(ix.slices.keys())
+        .chain(ix.legacy.keys())
+}
+
+fn unhold(holders: &mut HashMap<SvcKey, BTreeSet<String>>, ix: &ServiceIndex, name: &str) {
+    for k in service_keys(ix) {
+        if let Some(h) = holders.get_mut(k) {
+            h.remove(name);
+            if h.is_empty() {
+                holders.remove(k);
+            }
+        }
     }
 }
 

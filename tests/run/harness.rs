@@ -605,6 +605,40 @@ impl Daemon {
         d
     }
 
+    /// Starts `svcc run ARGS` in the node namespace (metrics and healthz on the usual
+    /// addresses, `-v`), without waiting for anything (tests/api.rs: no `--watch`).
+    pub fn spawn(t: &Topo, args: &[String]) -> Daemon {
+        let log = t.dir.with_extension("log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &t.node, env!("CARGO_BIN_EXE_svcc"), "run"])
+            .args(args)
+            .args([
+                "--metrics-bind-address",
+                METRICS,
+                "--healthz-bind-address",
+                HEALTHZ,
+                "-v",
+            ])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start svcc run");
+        Daemon {
+            child: Some(child),
+            log,
+            node: t.node.clone(),
+        }
+    }
+
+    /// Panics (with the log) if the daemon exited.
+    pub fn assert_running(&mut self) {
+        if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+            panic!("svcc run exited: {st}\n{}", self.log_text());
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

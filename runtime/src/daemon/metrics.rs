@@ -107,6 +107,9 @@ pub struct Metrics {
     pub input_errors_total: u64,
     pub input_files: u64,
     pub unreadable_files: u64,
+    /// API source: objects in the session, failed list/watch requests.
+    pub api_objects: u64,
+    pub api_errors_total: u64,
     pub service_ports: u64,
     pub nft: svcc_compiler::nft::model::Stats,
     pub last_tx_messages: u64,
@@ -144,6 +147,8 @@ impl Default for Metrics {
             input_errors_total: 0,
             input_files: 0,
             unreadable_files: 0,
+            api_objects: 0,
+            api_errors_total: 0,
             service_ports: 0,
             nft: Default::default(),
             last_tx_messages: 0,
@@ -326,6 +331,18 @@ impl Metrics {
             "gauge",
             "Watched files that cannot be read (permissions, not UTF-8)",
             self.unreadable_files as f64,
+        );
+        o.scalar(
+            "svcc_api_objects",
+            "gauge",
+            "Objects from the Kubernetes API in the compile session (API source)",
+            self.api_objects as f64,
+        );
+        o.scalar(
+            "svcc_api_errors_total",
+            "counter",
+            "Failed list, watch or discovery requests to the Kubernetes API (each retried with backoff)",
+            self.api_errors_total as f64,
         );
         o.scalar(
             "svcc_service_ports",

@@ -23,6 +23,7 @@
 //! Bad input never stops the loop: invalid objects and unreadable files are logged once (file,
 //! line, object, field), counted, and left out; everything else is applied.
 
+pub mod api;
 pub mod conntrack;
 pub mod ctnl;
 pub mod health;
@@ -51,8 +52,10 @@ use metrics::{Metrics, Phases, SyncKind};
 /// What `svcc run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Files and directories of manifests.
+    /// Files and directories of manifests (the source when `api` is None).
     pub watch: Vec<PathBuf>,
+    /// The Kubernetes API as the source instead of files.
+    pub api: Option<api::ApiConfig>,
     /// Node settings; `min_sync_period` and `sync_period` pace the loop.
     pub settings: NodeSettings,
     /// `/metrics` (None: off).
@@ -69,6 +72,7 @@ pub enum DaemonError {
 
 enum Ev {
     Fs(notify::Result<notify::Event>),
+    Api(api::ApiEvent),
     Signal(Signal),
 }
 
@@ -126,15 +130,35 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     if let (Some(p), Ok(mut m)) = (&proxy, shared.metrics.lock()) {
         m.userspace = Some(p.counters.clone());
     }
-    let fs_tx = tx.clone();
-    let inputs = Inputs::new(&cfg.watch, move |ev| {
-        let _ = fs_tx.send(Ev::Fs(ev));
-    })
-    .map_err(start)?;
+    let inputs = match &cfg.api {
+        None => {
+            let fs_tx = tx.clone();
+            Feed::Files(
+                Inputs::new(&cfg.watch, move |ev| {
+                    let _ = fs_tx.send(Ev::Fs(ev));
+                })
+                .map_err(start)?,
+            )
+        }
+        Some(a) => {
+            // The sender is shared by the API thread's tasks: a Mutex makes it Sync.
+            let api_tx = Mutex::new(tx.clone());
+            let bad = api::start(a.clone(), move |ev| {
+                if let Ok(t) = api_tx.lock() {
+                    let _ = t.send(Ev::Api(ev));
+                }
+            })
+            .map_err(|e| start(e.to_string()))?;
+            let mut feed = api::feed::ApiInputs::new(cfg.settings.clone());
+            feed.bad_objects = Some(bad);
+            Feed::Api(feed)
+        }
+    };
     drop(tx);
 
     tracing::info!(
         paths = ?cfg.watch,
+        api = cfg.api.is_some(),
         min_sync_period = ?s.min_sync_period,
         sync_period = ?s.sync_period,
         metrics = ?cfg.metrics_addr,
@@ -178,7 +202,7 @@ struct Daemon {
     min_sync: Duration,
     sync_period: Duration,
     session: Session,
-    inputs: Inputs,
+    inputs: Feed,
     applier: Applier,
     ct: conntrack::Reconciler,
     shared: Arc<Shared>,
@@ -201,6 +225,62 @@ struct Daemon {
     /// Userspace mode: the proxy. Every sync then compiles in full, binds the listeners of
     /// the new IR, then applies the redirect rules to them.
     proxy: Option<crate::userspace::Proxy>,
+}
+
+/// Where the objects come from: files or the Kubernetes API.
+enum Feed {
+    Files(Inputs),
+    Api(api::feed::ApiInputs),
+}
+
+impl Feed {
+    fn ready(&self, now: Instant) -> bool {
+        match self {
+            Feed::Files(i) => i.ready(now),
+            Feed::Api(a) => a.ready(),
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        match self {
+            Feed::Files(i) => i.next_due(),
+            Feed::Api(_) => None,
+        }
+    }
+
+    /// Whether the first sync may happen (the API: every initial list is in).
+    fn can_start(&self) -> bool {
+        match self {
+            Feed::Files(_) => true,
+            Feed::Api(a) => a.synced(),
+        }
+    }
+
+    fn refresh(&mut self, session: &mut Session, now: Instant, verify: bool) -> inputs::Change {
+        match self {
+            Feed::Files(i) => i.refresh(session, now, verify),
+            Feed::Api(a) => a.refresh(session),
+        }
+    }
+
+    /// (objects or files in, unreadable files)
+    fn counts(&self) -> (usize, usize) {
+        match self {
+            Feed::Files(i) => (i.files(), i.unreadable()),
+            Feed::Api(a) => (a.objects(), 0),
+        }
+    }
+
+    fn unreadable(&self) -> usize {
+        self.counts().1
+    }
+
+    fn diagnostics(&self) -> Box<dyn Iterator<Item = &Diagnostic> + '_> {
+        match self {
+            Feed::Files(i) => Box::new(i.diagnostics()),
+            Feed::Api(_) => Box::new(std::iter::empty()),
+        }
+    }
 }
 
 /// Every this many verifications (syncPeriod), one compiles and compares everything.
@@ -255,9 +335,26 @@ impl Daemon {
                 match ev {
                     Ev::Signal(sig) => return Some(sig),
                     Ev::Fs(e) => {
-                        if self.inputs.on_event(e, Instant::now()) {
+                        let Feed::Files(i) = &mut self.inputs else {
+                            continue;
+                        };
+                        if i.on_event(e, Instant::now()) {
                             self.metrics(|m| m.last_queued_timestamp = unix_now());
                         }
+                    }
+                    Ev::Api(e) => {
+                        let Feed::Api(a) = &mut self.inputs else {
+                            continue;
+                        };
+                        let queued = a.on_event(e);
+                        let (n, errors) = (a.objects() as u64, a.errors);
+                        self.metrics(|m| {
+                            if queued {
+                                m.last_queued_timestamp = unix_now();
+                            }
+                            m.api_objects = n;
+                            m.api_errors_total = errors;
+                        });
                     }
                 }
             }
@@ -278,6 +375,11 @@ impl Daemon {
 
     /// One sync; `verify`: also re-check every watched path (the periodic verification).
     fn sync(&mut self, verify: bool) {
+        if self.ir.is_none() && !self.inputs.can_start() {
+            // Before the initial lists: no rules are touched (healthz stays 503).
+            tracing::debug!(target: "svcc::sync", "waiting for the initial lists");
+            return;
+        }
         let t0 = Instant::now();
         self.last_sync = Some(t0);
         let retrying = self.retry_at.take().is_some();
@@ -425,7 +527,7 @@ impl Daemon {
         let drift = !first && is_drift(&r);
         let ports: usize = ir.families.iter().map(|f| f.service_ports.len()).sum();
         let (no_local_int, no_local_ext) = no_local_endpoints(&ir);
-        let (files, unreadable) = (self.inputs.files(), self.inputs.unreadable());
+        let (files, unreadable) = self.inputs.counts();
         self.metrics(|m| {
             let secs = total.as_secs_f64();
             m.sync_duration.observe(secs);
@@ -513,6 +615,13 @@ impl Daemon {
             if d.is_error() {
                 new_errors += 1;
                 tracing::error!(target: "svcc::input", file = %d.file, line = ?d.line, object = ?d.object, field = ?d.field, "{text} (left out; everything else is applied)");
+                if let Feed::Api(api::feed::ApiInputs {
+                    bad_objects: Some(b),
+                    ..
+                }) = &self.inputs
+                {
+                    b.report(&d.file, &text);
+                }
             } else {
                 tracing::warn!(target: "svcc::input", file = %d.file, line = ?d.line, "{text}");
             }
