@@ -39,7 +39,7 @@ const API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     ("networking.k8s.io", "servicecidrs", &["list", "watch"]),
-    ("", "nodes", &["get", "list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
