@@ -154,7 +154,7 @@ impl IpvsApplier {
     /// The ownership record: virtual servers svcc made (NodePort ones live on node addresses,
     /// which nothing else marks as svcc's). Keyed by the network namespace.
     fn state_path(&self) -> PathBuf {
-        let ns = std::fs::metadata("/proc/self/ns/net")
+        let ns = std::fs::metadata("/proc/thread-self/ns/net")
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap_or(0);
         self.state_dir.join(format!("ipvs-owned-netns-{ns}"))
@@ -250,7 +250,12 @@ impl IpvsApplier {
                 )));
             }
         }
-        for s in want.services.values().map(|s| s.params.sched.as_str()).collect::<BTreeSet<_>>() {
+        for s in want
+            .services
+            .values()
+            .map(|s| s.params.sched.as_str())
+            .collect::<BTreeSet<_>>()
+        {
             ensure_scheduler(s)?;
         }
 
@@ -315,11 +320,19 @@ impl IpvsApplier {
         }
         // Record intent before creating anything: a crash mid-apply leaves no unowned VS.
         let owned_before: BTreeSet<SvcKey> = current.keys().copied().collect();
-        let intent: BTreeSet<SvcKey> = owned_before.union(&want.services.keys().copied().collect()).copied().collect();
+        let intent: BTreeSet<SvcKey> = owned_before
+            .union(&want.services.keys().copied().collect())
+            .copied()
+            .collect();
         if intent != self.read_owned() {
             self.write_owned(&intent)?;
         }
-        let partial = |what: String| move |e: GenlError| IpvsError::Partial { what, err: e.to_string() };
+        let partial = |what: String| {
+            move |e: GenlError| IpvsError::Partial {
+                what,
+                err: e.to_string(),
+            }
+        };
         let index = self.links.ensure_dummy()?;
 
         // 3. Removals: first make removed frontends unreachable (unbind), then delete them.
@@ -330,7 +343,9 @@ impl IpvsApplier {
         }
         let mut applied = Applied::new();
         for k in current.keys().filter(|k| !want.services.contains_key(k)) {
-            self.ipvs.del_service(k).map_err(partial(format!("deleting virtual server {k}")))?;
+            self.ipvs
+                .del_service(k)
+                .map_err(partial(format!("deleting virtual server {k}")))?;
             self.draining.retain(|(s, _)| s != k);
             rep.services_deleted += 1;
         }
@@ -364,13 +379,19 @@ impl IpvsApplier {
                     None => {
                         self.ipvs
                             .put_dest(k, &d.0, d.1, *weight, false)
-                            .map_err(partial(format!("adding real server {}:{} to {k} ({})", d.0, d.1, w.origin)))?;
+                            .map_err(partial(format!(
+                                "adding real server {}:{} to {k} ({})",
+                                d.0, d.1, w.origin
+                            )))?;
                         rep.dests_added += 1;
                     }
                     Some(cur) if cur != weight => {
                         self.ipvs
                             .put_dest(k, &d.0, d.1, *weight, true)
-                            .map_err(partial(format!("re-weighting real server {}:{} of {k}", d.0, d.1)))?;
+                            .map_err(partial(format!(
+                                "re-weighting real server {}:{} of {k}",
+                                d.0, d.1
+                            )))?;
                         rep.dests_changed += 1;
                     }
                     Some(_) => {}
@@ -388,15 +409,19 @@ impl IpvsApplier {
                     if wt != 0 {
                         self.ipvs
                             .put_dest(k, &d.0, d.1, 0, true)
-                            .map_err(partial(format!("quiescing real server {}:{} of {k}", d.0, d.1)))?;
+                            .map_err(partial(format!(
+                                "quiescing real server {}:{} of {k}",
+                                d.0, d.1
+                            )))?;
                         rep.dests_quiesced += 1;
                         dests.insert(d, 0);
                     }
                     self.draining.insert((*k, d));
                 } else {
-                    self.ipvs
-                        .del_dest(k, &d.0, d.1)
-                        .map_err(partial(format!("deleting real server {}:{} of {k}", d.0, d.1)))?;
+                    self.ipvs.del_dest(k, &d.0, d.1).map_err(partial(format!(
+                        "deleting real server {}:{} of {k}",
+                        d.0, d.1
+                    )))?;
                     rep.dests_deleted += 1;
                     dests.remove(&d);
                 }
@@ -532,7 +557,9 @@ pub fn missing_module_message(module: &str, what: &str) -> String {
 /// NEW_SERVICE; doing it first turns a missing module into an error before any change).
 fn ensure_scheduler(s: &str) -> Result<(), IpvsError> {
     if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(IpvsError::Refused(format!("ipvs.scheduler {s:?}: not a scheduler name")));
+        return Err(IpvsError::Refused(format!(
+            "ipvs.scheduler {s:?}: not a scheduler name"
+        )));
     }
     let m = sched_module(s);
     let loaded = |m: &str| std::path::Path::new("/sys/module").join(m).exists();

@@ -326,7 +326,9 @@ impl Ipvs {
 
     fn call(&mut self, cmd: u8, flags: u16, body: impl FnOnce(&mut Vec<u8>)) -> io::Result<Answer> {
         let mut m = Vec::new();
-        let s = self.sock.begin(&mut m, self.family, flags, &[cmd, IPVS_GENL_VERSION, 0, 0]);
+        let s = self
+            .sock
+            .begin(&mut m, self.family, flags, &[cmd, IPVS_GENL_VERSION, 0, 0]);
         body(&mut m);
         nl::end(&mut m, s);
         self.sock.call(&m)
@@ -466,7 +468,12 @@ impl Ipvs {
 /// The numeric id of the "IPVS" generic-netlink family, or None if it is not registered.
 fn resolve(sock: &mut Sock) -> Result<Option<u16>, GenlError> {
     let mut m = Vec::new();
-    let s = sock.begin(&mut m, GENL_ID_CTRL, nl::NLM_F_ACK, &[CTRL_CMD_GETFAMILY, 1, 0, 0]);
+    let s = sock.begin(
+        &mut m,
+        GENL_ID_CTRL,
+        nl::NLM_F_ACK,
+        &[CTRL_CMD_GETFAMILY, 1, 0, 0],
+    );
     sock::attr_str(&mut m, CTRL_ATTR_FAMILY_NAME, "IPVS");
     nl::end(&mut m, s);
     match sock.call(&m)? {

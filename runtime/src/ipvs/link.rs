@@ -90,7 +90,9 @@ impl Links {
     /// The index of interface `name`, or None.
     pub fn index(&mut self, name: &str) -> Result<Option<u32>, LinkError> {
         let mut m = Vec::new();
-        let s = self.sock.begin(&mut m, RTM_GETLINK, nl::NLM_F_ACK, &ifinfomsg(0));
+        let s = self
+            .sock
+            .begin(&mut m, RTM_GETLINK, nl::NLM_F_ACK, &ifinfomsg(0));
         sock::attr_str(&mut m, IFLA_IFNAME, name);
         nl::end(&mut m, s);
         match self.sock.call(&m)? {

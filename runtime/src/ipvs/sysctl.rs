@@ -99,7 +99,11 @@ mod tests {
 
     #[test]
     fn conn_reuse_mode_only_on_old_kernels() {
-        let has = |k| wanted(false, Some(k)).iter().any(|s| s.path.ends_with("conn_reuse_mode"));
+        let has = |k| {
+            wanted(false, Some(k))
+                .iter()
+                .any(|s| s.path.ends_with("conn_reuse_mode"))
+        };
         assert!(has((5, 4)));
         assert!(!has((5, 9)));
         assert!(!has((6, 1)));
@@ -109,7 +113,12 @@ mod tests {
 
     #[test]
     fn strict_arp_adds_arp_sysctls() {
-        let n = |b| wanted(b, None).iter().filter(|s| s.path.contains("arp_")).count();
+        let n = |b| {
+            wanted(b, None)
+                .iter()
+                .filter(|s| s.path.contains("arp_"))
+                .count()
+        };
         assert_eq!((n(false), n(true)), (0, 2));
     }
 }
