@@ -494,7 +494,7 @@ fn userspace_ruleset(
     use svcc_compiler::userspace;
     for f in &ir.families {
         for sp in &f.service_ports {
-            if sp.protocol == svcc_compiler::nft::model::L4Proto::Sctp {
+            if sp.protocol == svcc_compiler::family::L4Proto::Sctp {
                 eprintln!(
                     "warning: {} ({}): SCTP is not supported in userspace mode: no listener, its traffic is not proxied",
                     sp.name,
@@ -524,7 +524,7 @@ fn userspace_ruleset(
 /// `--backend iptables`: iptables-restore input for IPv4 (to FILE) and ip6tables-restore
 /// input for IPv6 (to FILE.v6); on stdout, one after the other.
 fn write_iptables(out: &Output, path: Option<&std::path::Path>) -> Result<ExitCode> {
-    use svcc_compiler::nft::model::Family;
+    use svcc_compiler::family::Family;
     let sets = out.iptables();
     match path {
         Some(p) => {
@@ -749,8 +749,8 @@ fn cleanup(c: CleanupCmd) -> Result<ExitCode> {
             eprintln!("{}", report_line(&r));
         }
         BackendFlag::Iptables => {
+            use svcc_compiler::family::Family;
             use svcc_compiler::ir::{FamilyIr, Ir, NodePortAddrs};
-            use svcc_compiler::nft::model::Family;
             // The jump rules do not depend on the services: an empty IR per family gives them.
             let empty = |family| FamilyIr {
                 family,

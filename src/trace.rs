@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use svcc_compiler::nft::model::L4Proto;
+use svcc_compiler::family::L4Proto;
 use svcc_compiler::trace::{Model, Packet};
 
 use crate::cli::NodeFlags;

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
+use crate::ipvs::model::{Scheduler, Timeouts};
 
 /// Which writer the IR goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,6 +19,9 @@ pub enum Backend {
     /// kube-proxy's removed userspace mode: redirect rules (nftables) to proxy listeners of
     /// `svcc run` (`runtime/src/userspace/`), which pick an endpoint and copy the bytes.
     Userspace,
+    /// kube-proxy's IPVS mode: virtual servers in the kernel's IP Virtual Server, VIPs on
+    /// svcc's dummy interface, and a small nftables table for the rest (`ipvs/`).
+    Ipvs,
 }
 
 impl Backend {
@@ -27,6 +31,7 @@ impl Backend {
             Backend::Nftables => "nftables",
             Backend::Iptables => "iptables",
             Backend::Userspace => "userspace",
+            Backend::Ipvs => "ipvs",
         }
     }
 }
@@ -98,6 +103,62 @@ pub fn parse_proxy_port_range(v: &str) -> Result<(u16, u16), String> {
     }
 }
 
+/// The `ipvs:` section of a KubeProxyConfiguration and kube-proxy's `--ipvs-*` flags.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IpvsSettings {
+    /// `scheduler` (`--ipvs-scheduler`; empty = rr).
+    pub scheduler: Scheduler,
+    /// `tcpTimeout`, `tcpFinTimeout`, `udpTimeout` (`--ipvs-tcp-timeout` …), whole seconds;
+    /// zero (the default) keeps the system's value, as kube-proxy.
+    pub tcp_timeout: Duration,
+    pub tcp_fin_timeout: Duration,
+    pub udp_timeout: Duration,
+    /// `strictARP`: the runtime sets `arp_ignore=1`, `arp_announce=2`.
+    pub strict_arp: bool,
+    /// `excludeCIDRs`: IPVS services there are never touched (svcc touches only its own
+    /// anyway; kept so a frontend there is reported).
+    pub exclude_cidrs: Vec<IpNet>,
+}
+
+impl IpvsSettings {
+    /// The global IPVS timeouts to set (`ipvsadm --set`); None keeps the system's value.
+    pub fn timeouts(&self) -> Timeouts {
+        let secs = |d: Duration| (!d.is_zero()).then(|| d.as_secs() as u32);
+        Timeouts {
+            tcp: secs(self.tcp_timeout),
+            tcp_fin: secs(self.tcp_fin_timeout),
+            udp: secs(self.udp_timeout),
+        }
+    }
+}
+
+/// Parses an IPVS scheduler name (`ipvs.scheduler`, `--ipvs-scheduler`).
+pub fn parse_scheduler(v: &str) -> Result<Scheduler, String> {
+    Scheduler::parse(v.trim()).ok_or_else(|| {
+        let names: Vec<&str> = Scheduler::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown IPVS scheduler {v:?} (one of {})", names.join(", "))
+    })
+}
+
+/// Parses an IPVS timeout (`ipvs.tcpTimeout` …, `--ipvs-tcp-timeout` …): a duration of whole
+/// seconds as IPVS takes them (kube-proxy drops the fraction; svcc refuses one that would
+/// silently become 0 = "keep"), at most u32::MAX seconds.
+pub fn parse_ipvs_timeout(v: &str) -> Result<Duration, String> {
+    if v.trim_start().starts_with('-') {
+        return Err(format!("negative timeout {v:?}"));
+    }
+    let d = parse_duration(v)?;
+    if !d.is_zero() && d.as_secs() == 0 {
+        return Err(format!(
+            "timeout {v:?} is under 1s (IPVS counts whole seconds; 0 keeps the system's value)"
+        ));
+    }
+    if d.as_secs() > u64::from(u32::MAX) {
+        return Err(format!("timeout {v:?} is too long for IPVS (u32 seconds)"));
+    }
+    Ok(Duration::from_secs(d.as_secs()))
+}
+
 /// Everything about the node that changes the generated rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
@@ -125,6 +186,8 @@ pub struct NodeSettings {
     /// Userspace mode: idle time after which a UDP client session ends (`--udp-timeout`,
     /// `udpIdleTimeout`).
     pub udp_idle_timeout: Duration,
+    /// IPVS mode's settings.
+    pub ipvs: IpvsSettings,
 }
 
 impl Default for NodeSettings {
@@ -144,6 +207,7 @@ impl Default for NodeSettings {
             conntrack_tcp_be_liberal: false,
             proxy_port_range: DEFAULT_PROXY_PORT_RANGE,
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            ipvs: IpvsSettings::default(),
         }
     }
 }
@@ -170,11 +234,28 @@ struct KubeProxyConfiguration {
     node_port_addresses: Option<Vec<String>>,
     nftables: Option<ModeConfig>,
     iptables: Option<ModeConfig>,
+    ipvs: Option<IpvsConfig>,
     conntrack: Option<Conntrack>,
     /// Userspace mode: `portRange` (kube-proxy's `--proxy-port-range`).
     port_range: Option<String>,
     /// Userspace mode: `udpIdleTimeout`.
     udp_idle_timeout: Option<String>,
+}
+
+/// `ipvs:` (KubeProxyIPVSConfiguration).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IpvsConfig {
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+    scheduler: Option<String>,
+    #[serde(rename = "excludeCIDRs")]
+    exclude_cidrs: Option<Vec<String>>,
+    #[serde(rename = "strictARP")]
+    strict_arp: Option<bool>,
+    tcp_timeout: Option<String>,
+    tcp_fin_timeout: Option<String>,
+    udp_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +294,16 @@ pub struct FileSettings {
     /// v1alpha1 conversion), see [`FileSettings::section`].
     pub nftables: ModeSettings,
     pub iptables: ModeSettings,
+    /// What IPVS mode reads: `ipvs.syncPeriod`/`minSyncPeriod`, and `iptables.masqueradeAll`/
+    /// `masqueradeBit` (kube-proxy's IPVS mode takes its mark bit and masqueradeAll there).
+    pub ipvs: ModeSettings,
+    /// The rest of `ipvs:`; None = not set there.
+    pub ipvs_scheduler: Option<Scheduler>,
+    pub ipvs_tcp_timeout: Option<Duration>,
+    pub ipvs_tcp_fin_timeout: Option<Duration>,
+    pub ipvs_udp_timeout: Option<Duration>,
+    pub ipvs_strict_arp: Option<bool>,
+    pub ipvs_exclude_cidrs: Option<Vec<IpNet>>,
     /// `iptables.localhostNodePorts` (svcc never has localhost NodePorts).
     pub localhost_node_ports: Option<bool>,
     /// `conntrack.tcpBeLiberal`.
@@ -251,6 +342,28 @@ impl ModeSettings {
 }
 
 impl FileSettings {
+    /// Copies what `ipvs:` sets into `s` (the rest stays as it was).
+    pub fn apply_ipvs(&self, s: &mut IpvsSettings) {
+        if let Some(x) = self.ipvs_scheduler {
+            s.scheduler = x;
+        }
+        for (v, dst) in [
+            (self.ipvs_tcp_timeout, &mut s.tcp_timeout),
+            (self.ipvs_tcp_fin_timeout, &mut s.tcp_fin_timeout),
+            (self.ipvs_udp_timeout, &mut s.udp_timeout),
+        ] {
+            if let Some(d) = v {
+                *dst = d;
+            }
+        }
+        if let Some(b) = self.ipvs_strict_arp {
+            s.strict_arp = b;
+        }
+        if let Some(c) = &self.ipvs_exclude_cidrs {
+            s.exclude_cidrs = c.clone();
+        }
+    }
+
     /// The section the given mode reads: `nftables:` in nftables mode, `iptables:` in
     /// iptables mode, like kube-proxy (`Convert_v1alpha1_KubeProxyConfiguration_To_config_…`
     /// for masqueradeAll and the sync periods; `NewProxier` gets `NFTables.MasqueradeBit` or
@@ -260,6 +373,7 @@ impl FileSettings {
             Backend::Nftables => &self.nftables,
             // kube-proxy's userspace mode ran on `iptables.syncPeriod`/`minSyncPeriod`.
             Backend::Iptables | Backend::Userspace => &self.iptables,
+            Backend::Ipvs => &self.ipvs,
         }
     }
 
@@ -270,6 +384,7 @@ impl FileSettings {
             Backend::Iptables | Backend::Userspace => {
                 (&self.iptables, &self.nftables, "iptables", "nftables")
             }
+            Backend::Ipvs => (&self.ipvs, &self.nftables, "ipvs/iptables", "nftables"),
         };
         let mode_name = mode.name();
         let origin = Origin {
@@ -383,10 +498,13 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
         Some("nftables") => Some(Backend::Nftables),
         Some("iptables") => Some(Backend::Iptables),
         Some("userspace") => Some(Backend::Userspace),
+        Some("ipvs") => Some(Backend::Ipvs),
         Some(m) => {
             errs.push(err(
                 &["mode"],
-                format!("mode {m:?} is unsupported by svcc (nftables, iptables or userspace)"),
+                format!(
+                    "mode {m:?} is unsupported by svcc (nftables, iptables, ipvs or userspace)"
+                ),
             ));
             None
         }
@@ -421,6 +539,55 @@ pub fn parse_kube_proxy_config(file: &str, text: &str) -> Result<FileSettings, V
                     Ok(d) => *dst = Some(d),
                     Err(e) => errs.push(err(&[key, field], e)),
                 }
+            }
+        }
+    }
+    // IPVS mode: the mark bit and masqueradeAll come from `iptables:`, the periods from `ipvs:`.
+    out.ipvs.masquerade_all = out.iptables.masquerade_all;
+    out.ipvs.masquerade_bit = out.iptables.masquerade_bit;
+    if let Some(v) = &cfg.ipvs {
+        for (val, field, dst) in [
+            (&v.sync_period, "syncPeriod", &mut out.ipvs.sync_period),
+            (
+                &v.min_sync_period,
+                "minSyncPeriod",
+                &mut out.ipvs.min_sync_period,
+            ),
+        ] {
+            if let Some(s) = val {
+                match parse_duration(s) {
+                    Ok(d) => *dst = Some(d),
+                    Err(e) => errs.push(err(&["ipvs", field], e)),
+                }
+            }
+        }
+        if let Some(s) = &v.scheduler {
+            match parse_scheduler(s) {
+                Ok(x) => out.ipvs_scheduler = Some(x),
+                Err(e) => errs.push(err(&["ipvs", "scheduler"], e)),
+            }
+        }
+        for (val, field, dst) in [
+            (&v.tcp_timeout, "tcpTimeout", &mut out.ipvs_tcp_timeout),
+            (
+                &v.tcp_fin_timeout,
+                "tcpFinTimeout",
+                &mut out.ipvs_tcp_fin_timeout,
+            ),
+            (&v.udp_timeout, "udpTimeout", &mut out.ipvs_udp_timeout),
+        ] {
+            if let Some(s) = val {
+                match parse_ipvs_timeout(s) {
+                    Ok(d) => *dst = Some(d),
+                    Err(e) => errs.push(err(&["ipvs", field], e)),
+                }
+            }
+        }
+        out.ipvs_strict_arp = v.strict_arp;
+        if let Some(c) = &v.exclude_cidrs {
+            match parse_cidrs(c) {
+                Ok(c) => out.ipvs_exclude_cidrs = Some(c),
+                Err(e) => errs.push(err(&["ipvs", "excludeCIDRs"], e)),
             }
         }
     }
@@ -622,6 +789,62 @@ mod tests {
         assert_eq!(f.backend, None);
         assert_eq!(f.section(Backend::Nftables), &ModeSettings::default());
         assert_eq!(f.section(Backend::Iptables), &ModeSettings::default());
+    }
+
+    /// `mode: ipvs` reads `ipvs:` (scheduler, timeouts, strictARP, excludeCIDRs, periods) and
+    /// the mark bit and masqueradeAll of `iptables:`, as kube-proxy.
+    #[test]
+    fn ipvs_mode_settings() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\niptables:\n  masqueradeAll: true\n  masqueradeBit: 12\nipvs:\n  scheduler: mh\n  syncPeriod: 10s\n  minSyncPeriod: 0s\n  tcpTimeout: 900s\n  tcpFinTimeout: 2m\n  udpTimeout: 0s\n  strictARP: true\n  excludeCIDRs: [10.99.0.0/16]\n";
+        let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
+        assert_eq!(f.backend, Some(Backend::Ipvs));
+        let m = f.section(Backend::Ipvs);
+        assert_eq!(m.masquerade_all, Some(true));
+        assert_eq!(m.masquerade_bit, Some(12));
+        assert_eq!(m.sync_period, Some(Duration::from_secs(10)));
+        assert_eq!(m.min_sync_period, Some(Duration::ZERO));
+        let mut s = IpvsSettings::default();
+        assert_eq!(s.scheduler, Scheduler::Rr);
+        f.apply_ipvs(&mut s);
+        assert_eq!(s.scheduler, Scheduler::Mh);
+        assert!(s.strict_arp);
+        assert_eq!(
+            s.exclude_cidrs,
+            vec!["10.99.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        let t = s.timeouts();
+        assert_eq!((t.tcp, t.tcp_fin, t.udp), (Some(900), Some(120), None));
+        assert!(f.ignored_fields("kp.yaml", Backend::Ipvs).is_empty());
+    }
+
+    /// Bad IPVS settings: errors naming the field.
+    #[test]
+    fn ipvs_bad_settings() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  scheduler: fastest\n  tcpTimeout: -5s\n  udpTimeout: 500ms\n  tcpFinTimeout: soon\n  excludeCIDRs: [nope]\n";
+        let e = parse_kube_proxy_config("kp.yaml", text).unwrap_err();
+        let got: Vec<String> = e
+            .iter()
+            .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+            .collect();
+        assert_eq!(got.len(), 5, "{got:?}");
+        for (field, what) in [
+            ("ipvs.scheduler", "unknown IPVS scheduler \"fastest\""),
+            ("ipvs.tcpTimeout", "negative"),
+            ("ipvs.udpTimeout", "under 1s"),
+            ("ipvs.tcpFinTimeout", "invalid duration"),
+            ("ipvs.excludeCIDRs", "invalid CIDR"),
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(field) && g.contains(what)),
+                "{field}: {what} not in {got:?}"
+            );
+        }
+        assert_eq!(parse_scheduler(""), Ok(Scheduler::Rr));
+        for s in Scheduler::ALL {
+            assert_eq!(parse_scheduler(s.name()), Ok(s));
+        }
+        assert_eq!(parse_ipvs_timeout("1500ms"), Ok(Duration::from_secs(1)));
+        assert!(parse_ipvs_timeout("200000000000s").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::nft::model::{Family, L4Proto};
+use crate::family::{Family, L4Proto};
 
 /// The IR of one node: one [`FamilyIr`] per IP family svcc programs.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod diag;
+pub mod family;
 pub mod iptables;
+pub mod ipvs;
 pub mod ir;
 pub mod lower;
 pub mod manifest;
@@ -46,6 +48,12 @@ impl Output {
     /// The ruleset as an `nft -f` script replacing svcc's tables.
     pub fn nft_text(&self) -> String {
         nft::render::render_replace(&self.ruleset)
+    }
+
+    /// The IPVS backend's model (virtual servers, dummy-interface addresses, nft glue),
+    /// from the same IR.
+    pub fn ipvs(&self, opts: &ipvs::build::IpvsOptions) -> ipvs::model::IpvsModel {
+        ipvs::build::build(&self.ir, opts)
     }
 
     /// The iptables backend's rulesets (one per family), from the same IR.

@@ -13,9 +13,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::config::{NodePortAddresses, NodeSettings};
 use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
+use crate::family::{Family, L4Proto};
 use crate::ir::*;
 use crate::manifest::{Object, Parsed};
-use crate::nft::model::{Family, L4Proto};
 use crate::validate;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -367,11 +367,13 @@ pub(crate) fn lower_tracked<'a>(
                 crate::config::Backend::Nftables | crate::config::Backend::Userspace => {
                     primary_or_all(notes)
                 }
-                crate::config::Backend::Iptables => {
+                crate::config::Backend::Iptables | crate::config::Backend::Ipvs => {
                     if !services.is_empty() {
                         notes.push(format!(
-                            "{}: iptables mode without nodePortAddresses: NodePorts are accepted on every local address but loopback (kube-proxy's iptables default, without its localhost NodePorts); `--nodeport-addresses primary` limits them to the primary node IP",
-                            fam.keyword()
+                            "{}: {} mode without nodePortAddresses: NodePorts are accepted on every local address but loopback (kube-proxy's {} default, without its localhost NodePorts); `--nodeport-addresses primary` limits them to the primary node IP",
+                            fam.keyword(),
+                            settings.backend.name(),
+                            settings.backend.name()
                         ));
                     }
                     NodePortAddrs::AllLocal

@@ -162,7 +162,7 @@ pub fn endpoint_id_seed(spn: &ServicePortName, which: EndpointSet) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::model::L4Proto;
+    use crate::family::L4Proto;
 
     #[test]
     fn matches_kube_proxy_naming() {

@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use crate::config::NodeSettings;
 use crate::diag::{Diagnostic, Origin};
+use crate::family::L4Proto;
 use crate::ir::{FamilyIr, FrontendKind, Ir, ServicePort};
 use crate::lower::{self, Note, SvcKey};
 use crate::manifest::{self, Object, Parsed, Skipped, Source};
 use crate::nft::build::{self, EndpointIds};
 use crate::nft::delta::{Delta, NotIncremental, TableDeltaBuilder};
-use crate::nft::model::{Element, L4Proto, Value};
+use crate::nft::model::{Element, Value};
 use crate::{names, Output};
 
 /// Where a file's Services and endpoint objects are, by Service (object indexes).

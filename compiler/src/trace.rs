@@ -18,12 +18,12 @@ use serde::Serialize;
 
 use crate::config::{Backend as Mode, NodeSettings};
 use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
+use crate::family::{Family, L4Proto};
 use crate::ir::{
     Backend, FamilyIr, FilterVerdict, FrontendKind, Ir, NodePortAddrs, PolicyChain, ServicePort,
 };
 use crate::lower::{self, SvcKey};
 use crate::manifest::{self, Object, Source};
-use crate::nft::model::{Family, L4Proto};
 use crate::userspace;
 
 /// A packet as the node first sees it.
@@ -208,6 +208,7 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::Nftables => "nftables",
         Mode::Iptables => "iptables",
         Mode::Userspace => "userspace",
+        Mode::Ipvs => "ipvs",
     }
 }
 
@@ -590,6 +591,10 @@ impl<'s> Model<'s> {
                     steps.push(what, "kube-proxy's nftables mode rejects traffic to an undefined port of a ClusterIP (cluster-ips-check)", at);
                     t.verdict = Verdict::Reject;
                 }
+                Mode::Ipvs => {
+                    steps.push(what, "kube-proxy's IPVS mode rejects new connections to an address on its dummy interface on a port that is no virtual server (svcc: vip-filter)", at);
+                    t.verdict = Verdict::Reject;
+                }
                 Mode::Iptables => {
                     steps.push(what, "kube-proxy's iptables mode leaves an undefined port of a ClusterIP untouched (the nftables mode rejects it)", at);
                 }
@@ -601,6 +606,10 @@ impl<'s> Model<'s> {
             match mode {
                 Mode::Nftables | Mode::Userspace => {
                     steps.push(what, "kube-proxy's nftables mode drops traffic to unallocated service-CIDR addresses (cluster-ips-check)", None);
+                    t.verdict = Verdict::Drop;
+                }
+                Mode::Ipvs => {
+                    steps.push(what, "svcc's IPVS mode drops traffic to unallocated service-CIDR addresses like the nftables mode (kube-proxy's IPVS mode leaves them untouched)", None);
                     t.verdict = Verdict::Drop;
                 }
                 Mode::Iptables => {

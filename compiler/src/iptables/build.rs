@@ -335,7 +335,7 @@ fn write_service_port(f: &FamilyIr, sp: &ServicePort, w: &mut Writer) {
             NODEPORTS,
             Some(format!("{spn} health check node port")),
             vec![IptMatch::Proto {
-                proto: crate::nft::model::L4Proto::Tcp,
+                proto: crate::family::L4Proto::Tcp,
                 dport: Some(hc),
             }],
             Target::Accept,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::nft::model::{Family, L4Proto};
+use crate::family::{Family, L4Proto};
 
 /// One netfilter table's worth of svcc chains.
 #[derive(Debug, Clone, PartialEq, Eq)]

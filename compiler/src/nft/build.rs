@@ -19,6 +19,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::model::*;
+use crate::family::{Family, L4Proto};
 use crate::ir::*;
 use crate::names::{self, EndpointSet};
 

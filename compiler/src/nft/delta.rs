@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::build::ServicePortParts;
 use super::model::*;
+use crate::family::Family;
 
 /// Changes to svcc's tables. Empty tables are left out.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -9,38 +9,15 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// Address family of a table. svcc owns `ip svcc` and `ip6 svcc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Ip,
-    Ip6,
-}
+// The shared vocabulary lives in `crate::family`; re-exported so `nft::model::*` users keep
+// compiling. Only the nft-specific part of `Family` stays here.
+pub use crate::family::{Family, L4Proto};
 
 impl Family {
-    pub fn of(addr: &IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::Ip,
-            IpAddr::V6(_) => Family::Ip6,
-        }
-    }
-    /// The keyword nft uses for the table family and for address payloads.
-    pub fn keyword(self) -> &'static str {
-        match self {
-            Family::Ip => "ip",
-            Family::Ip6 => "ip6",
-        }
-    }
     pub fn addr_type(self) -> DataType {
         match self {
             Family::Ip => DataType::Ipv4Addr,
             Family::Ip6 => DataType::Ipv6Addr,
-        }
-    }
-    /// The loopback network, never a NodePort destination.
-    pub fn loopback(self) -> IpNet {
-        match self {
-            Family::Ip => "127.0.0.0/8".parse().unwrap(),
-            Family::Ip6 => "::1/128".parse().unwrap(),
         }
     }
 }
@@ -187,31 +164,6 @@ pub struct Element {
     pub data: Option<ElemData>,
     /// Provenance: which Service (port) the element serves.
     pub comment: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum L4Proto {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl L4Proto {
-    pub fn keyword(self) -> &'static str {
-        match self {
-            L4Proto::Tcp => "tcp",
-            L4Proto::Udp => "udp",
-            L4Proto::Sctp => "sctp",
-        }
-    }
-    /// IANA protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            L4Proto::Tcp => 6,
-            L4Proto::Udp => 17,
-            L4Proto::Sctp => 132,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -6,6 +6,7 @@
 use std::fmt::{self, Write};
 
 use super::model::*;
+use crate::family::Family;
 
 /// nft refuses comments longer than this (NFT_USERDATA_MAXLEN is 256, nft caps comments at 128).
 pub const MAX_COMMENT: usize = 128;

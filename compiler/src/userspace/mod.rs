@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::family::{Family, L4Proto};
 use crate::ir::{Backend, FamilyIr, Ir, NodePortAddrs, PolicyChain, ServicePort, ServicePortName};
 use crate::names;
 use crate::nft::build::{endpoint_ids, service_port_parts, skeleton};
