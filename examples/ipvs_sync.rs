@@ -49,6 +49,7 @@ fn model(services: usize, endpoints: usize) -> Desired {
                     sched: "rr".into(),
                     flags: 0,
                     timeout: 0,
+                    netmask: 32,
                 },
                 dests,
                 origin: format!("bench/s{s}:http"),

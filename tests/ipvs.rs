@@ -179,6 +179,7 @@ fn svc(sched: &str, dests: &[(&str, u16)]) -> WantedService {
             sched: sched.into(),
             flags: 0,
             timeout: 0,
+            netmask: 32,
         },
         dests: dests
             .iter()
@@ -205,6 +206,11 @@ fn model() -> Desired {
         key("10.200.0.1", 6, 30080),
         svc("sh", &[("10.200.0.2", 8080)]),
     );
+    for (k, s) in d.services.iter_mut() {
+        if k.addr.is_ipv6() {
+            s.params.netmask = 128;
+        }
+    }
     d.bind = ["10.96.0.10", "fd00:96::10"]
         .iter()
         .map(|a| a.parse().unwrap())

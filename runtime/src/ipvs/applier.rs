@@ -82,6 +82,28 @@ pub struct IpvsReport {
     pub draining: usize,
 }
 
+impl std::fmt::Display for IpvsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "virtual servers +{} ~{} -{}, real servers +{} ~{} quiesced {} -{} (draining {}), addresses +{} -{}; {} IPVS, {} rtnetlink, {} nft messages",
+            self.services_added,
+            self.services_changed,
+            self.services_deleted,
+            self.dests_added,
+            self.dests_changed,
+            self.dests_quiesced,
+            self.dests_deleted,
+            self.draining,
+            self.addrs_added,
+            self.addrs_deleted,
+            self.ipvs_messages,
+            self.link_messages,
+            self.glue_messages
+        )
+    }
+}
+
 impl IpvsReport {
     pub fn changed(&self) -> bool {
         self.services_added
@@ -374,7 +396,10 @@ impl IpvsApplier {
                     (w.params.clone(), d.clone())
                 }
             };
-            for (d, weight) in &w.dests {
+            // Weight 0 = terminating: quiesced if present (below), never added.
+            let live: BTreeMap<DestKey, u32> =
+                w.dests.iter().filter(|(_, wt)| **wt > 0).map(|(d, wt)| (*d, *wt)).collect();
+            for (d, weight) in &live {
                 match dests.get(d) {
                     None => {
                         self.ipvs
@@ -401,7 +426,7 @@ impl IpvsApplier {
             }
             let stale: Vec<(DestKey, u32)> = dests
                 .iter()
-                .filter(|(d, _)| !w.dests.contains_key(d))
+                .filter(|(d, _)| !live.contains_key(d))
                 .map(|(d, wt)| (*d, *wt))
                 .collect();
             for (d, wt) in stale {

@@ -108,6 +108,8 @@ pub struct SvcParams {
     pub flags: u32,
     /// Persistence timeout in seconds (meaningful with [`F_PERSISTENT`]).
     pub timeout: u32,
+    /// Persistence granularity as a prefix length (32 / 128: per client address).
+    pub netmask: u8,
 }
 
 /// A real server as the kernel lists it.
@@ -199,7 +201,12 @@ fn put_params(out: &mut Vec<u8>, k: &SvcKey, p: &SvcParams) {
     nl::attr(out, SVC_FLAGS, &fl);
     nl::attr(out, SVC_TIMEOUT, &p.timeout.to_ne_bytes());
     // IPv4: a mask (all ones, one address); IPv6: a prefix length the kernel reads raw.
-    let nm: u32 = if k.addr.is_ipv4() { u32::MAX } else { 128 };
+    let nm: u32 = if k.addr.is_ipv4() {
+        // IPv4 reads it as __be32: the mask in network order.
+        u32::from_ne_bytes((u32::MAX.checked_shl(32 - u32::from(p.netmask.min(32))).unwrap_or(0)).to_be_bytes())
+    } else {
+        u32::from(p.netmask)
+    };
     nl::attr(out, SVC_NETMASK, &nm.to_ne_bytes());
 }
 
@@ -226,6 +233,7 @@ fn parse_service(payload: &[u8]) -> Option<Listed> {
         sched: String::new(),
         flags: 0,
         timeout: 0,
+        netmask: 0,
     };
     let (mut netmask, mut pe) = (0u32, None);
     let mut addr_raw: &[u8] = &[];
@@ -247,6 +255,11 @@ fn parse_service(payload: &[u8]) -> Option<Listed> {
     if !addr_raw.is_empty() {
         addr = parse_addr(af, addr_raw);
     }
+    params.netmask = if af == libc::AF_INET as u16 {
+        u32::from_be_bytes(netmask.to_ne_bytes()).count_ones() as u8
+    } else {
+        netmask.min(128) as u8
+    };
     match (mark, addr) {
         (Some(mark), _) if mark != 0 => Some(Listed::Fwmark { af, mark, params }),
         (_, Some(addr)) => Some(Listed::Addr {

@@ -5,9 +5,11 @@
 pub mod applier;
 pub mod genl;
 pub mod link;
+pub mod model;
 mod sock;
 pub mod sysctl;
 
 pub use applier::{Desired, DestKey, IpvsApplier, IpvsError, IpvsReport, WantedService};
 pub use genl::{Dest, GenlError, Ipvs, Listed, SvcKey, SvcParams, Timeouts};
 pub use link::{Links, DUMMY};
+pub use model::{desired, local_addrs};
