@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use svcc_compiler::config::{
     parse_cidrs, parse_kube_proxy_config, parse_nodeport_addresses, parse_port_range,
 };
+use svcc_compiler::ipvs::build::IpvsOptions;
 use svcc_compiler::{Backend, CompileOptions, Diagnostic, NodeSettings, Output};
 
 use svcc_runtime::iptables::{Flavor, IptApplier};
@@ -182,6 +183,8 @@ pub enum BackendFlag {
     Iptables,
     /// Redirect rules (nftables) to the proxy listeners of `svcc run --backend userspace`.
     Userspace,
+    /// IPVS virtual servers, VIPs on `svcc-ipvs0` and a small nftables table.
+    Ipvs,
 }
 
 /// Node settings shared by every subcommand that compiles.
@@ -228,12 +231,101 @@ pub struct NodeFlags {
     /// `--udp-timeout` / `udpIdleTimeout`; default 250ms).
     #[arg(long, value_name = "DURATION")]
     pub udp_timeout: Option<String>,
+    #[command(flatten)]
+    pub ipvs: IpvsFlags,
     /// Compile every valid object and report the others, instead of failing.
     #[arg(long)]
     pub keep_going: bool,
     /// Say what was skipped and why (headless services, other kinds …).
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// IPVS mode's settings, with kube-proxy's flag names (they override the file's `ipvs:`).
+#[derive(Args, Debug, Default)]
+pub struct IpvsFlags {
+    /// IPVS mode: the scheduler (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, mh; default rr).
+    #[arg(long, value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+    /// IPVS mode: idle timeout of TCP sessions (e.g. 900s; 0 keeps the system's value).
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcp_timeout: Option<String>,
+    /// IPVS mode: timeout of TCP sessions after FIN (0 keeps the system's value).
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcpfin_timeout: Option<String>,
+    /// IPVS mode: timeout of UDP packets (0 keeps the system's value).
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_udp_timeout: Option<String>,
+    /// IPVS mode: set arp_ignore=1 and arp_announce=2 (no ARP answers for VIPs).
+    #[arg(long)]
+    pub ipvs_strict_arp: bool,
+    /// IPVS mode: CIDRs whose IPVS services svcc never touches (comma-separated).
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    pub ipvs_exclude_cidrs: Option<String>,
+    /// IPVS mode: the sync period (deprecated in kube-proxy for --sync-period).
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_sync_period: Option<String>,
+    /// IPVS mode: the minimum sync period (deprecated in kube-proxy for --min-sync-period).
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_min_sync_period: Option<String>,
+}
+
+impl IpvsFlags {
+    /// Overrides `s` with the flags given.
+    fn apply(&self, s: &mut NodeSettings) -> Result<(), Vec<Diagnostic>> {
+        use svcc_compiler::config::{parse_duration, parse_ipvs_timeout, parse_scheduler};
+        if let Some(v) = &self.ipvs_scheduler {
+            s.ipvs.scheduler =
+                parse_scheduler(v).map_err(|e| input_error(format!("--ipvs-scheduler: {e}")))?;
+        }
+        for (flag, v, dst) in [
+            (
+                "--ipvs-tcp-timeout",
+                &self.ipvs_tcp_timeout,
+                &mut s.ipvs.tcp_timeout,
+            ),
+            (
+                "--ipvs-tcpfin-timeout",
+                &self.ipvs_tcpfin_timeout,
+                &mut s.ipvs.tcp_fin_timeout,
+            ),
+            (
+                "--ipvs-udp-timeout",
+                &self.ipvs_udp_timeout,
+                &mut s.ipvs.udp_timeout,
+            ),
+        ] {
+            if let Some(v) = v {
+                *dst = parse_ipvs_timeout(v).map_err(|e| input_error(format!("{flag}: {e}")))?;
+            }
+        }
+        if self.ipvs_strict_arp {
+            s.ipvs.strict_arp = true;
+        }
+        if let Some(c) = &self.ipvs_exclude_cidrs {
+            s.ipvs.exclude_cidrs =
+                parse_cidrs(&[c]).map_err(|e| input_error(format!("--ipvs-exclude-cidrs: {e}")))?;
+        }
+        if s.backend == Backend::Ipvs {
+            for (flag, v, dst) in [
+                (
+                    "--ipvs-sync-period",
+                    &self.ipvs_sync_period,
+                    &mut s.sync_period,
+                ),
+                (
+                    "--ipvs-min-sync-period",
+                    &self.ipvs_min_sync_period,
+                    &mut s.min_sync_period,
+                ),
+            ] {
+                if let Some(v) = v {
+                    *dst = parse_duration(v).map_err(|e| input_error(format!("{flag}: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A flag or config problem: reported like an input error.
@@ -251,6 +343,7 @@ impl NodeFlags {
             BackendFlag::Nftables => Backend::Nftables,
             BackendFlag::Iptables => Backend::Iptables,
             BackendFlag::Userspace => Backend::Userspace,
+            BackendFlag::Ipvs => Backend::Ipvs,
         });
         if let Some(path) = &self.config {
             let src = inputs::read_source(path).map_err(|d| vec![d])?;
@@ -272,6 +365,12 @@ impl NodeFlags {
             }
             if let Some(b) = flag_backend {
                 s.backend = b;
+            }
+            if s.backend == Backend::Ipvs {
+                // kube-proxy's IPVS mode: minSyncPeriod has no default (0: every change
+                // syncs at once).
+                s.min_sync_period = std::time::Duration::ZERO;
+                f.apply_ipvs(&mut s.ipvs);
             }
             let m = f.section(s.backend);
             if let Some(v) = m.masquerade_all {
@@ -344,8 +443,12 @@ impl NodeFlags {
                 .map_err(|e| input_error(format!("--udp-timeout: {e}")))?;
         }
         if let Some(b) = flag_backend {
+            if b == Backend::Ipvs && s.backend != Backend::Ipvs {
+                s.min_sync_period = std::time::Duration::ZERO;
+            }
             s.backend = b;
         }
+        self.ipvs.apply(&mut s)?;
         Ok(s)
     }
 
@@ -443,6 +546,17 @@ fn compile(c: CompileCmd) -> Result<ExitCode> {
     };
     if c.emit == Emit::Nft && settings.backend == Backend::Iptables {
         return write_iptables(&out, c.output.as_deref());
+    }
+    if c.emit == Emit::Nft && settings.backend == Backend::Ipvs {
+        let model = out.ipvs(&IpvsOptions::from_settings(&settings.ipvs));
+        let text = svcc_compiler::ipvs::render::render(&model);
+        match &c.output {
+            Some(p) => inputs::write_atomic(p, &text)?,
+            None => {
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let mut out = out;
     if c.emit == Emit::Nft && settings.backend == Backend::Userspace {
@@ -579,6 +693,9 @@ fn apply(c: ApplyCmd) -> Result<ExitCode> {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    if settings.backend == Backend::Ipvs {
+        return Ok(ipvs_not_yet("apply"));
+    }
     if settings.backend == Backend::Userspace {
         eprintln!("svcc: the userspace mode's rules send traffic to proxy listeners that only `svcc run --backend userspace` opens; use it (or `svcc compile --backend userspace` to review the rules)");
         return Ok(ExitCode::from(EXIT_INPUT));
@@ -656,6 +773,9 @@ fn diff_inner(c: DiffCmd) -> Result<ExitCode> {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    if settings.backend == Backend::Ipvs {
+        return Ok(ipvs_not_yet("diff"));
+    }
     if settings.backend == Backend::Iptables {
         eprintln!("svcc: diff compares nftables rulesets; for iptables, `svcc apply --backend iptables --dry-run` prints the restore input");
         return Ok(ExitCode::from(EXIT_INPUT));
@@ -741,8 +861,15 @@ fn kernel_listing(
     Some(svcc_compiler::nft::model::Ruleset { tables })
 }
 
+/// `--backend ipvs` is compile-only in this build.
+pub fn ipvs_not_yet(cmd: &str) -> ExitCode {
+    eprintln!("svcc: {cmd} --backend ipvs is not implemented yet (`svcc compile --backend ipvs` prints what it would program)");
+    ExitCode::from(EXIT_INPUT)
+}
+
 fn cleanup(c: CleanupCmd) -> Result<ExitCode> {
     match c.backend {
+        BackendFlag::Ipvs => return Ok(ipvs_not_yet("cleanup")),
         BackendFlag::Nftables | BackendFlag::Userspace => {
             let mut a = Applier::new().context("opening the netlink socket")?;
             let r = a.cleanup().context("deleting svcc's tables")?;
