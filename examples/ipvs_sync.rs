@@ -63,9 +63,15 @@ fn model(services: usize, endpoints: usize) -> Desired {
 fn restore_text(d: &Desired) -> String {
     let mut s = String::new();
     for (k, w) in &d.services {
-        s.push_str(&format!("-A -t {}:{} -s {}\n", k.addr, k.port, w.params.sched));
+        s.push_str(&format!(
+            "-A -t {}:{} -s {}\n",
+            k.addr, k.port, w.params.sched
+        ));
         for ((a, p), wt) in &w.dests {
-            s.push_str(&format!("-a -t {}:{} -r {a}:{p} -m -w {wt}\n", k.addr, k.port));
+            s.push_str(&format!(
+                "-a -t {}:{} -r {a}:{p} -m -w {wt}\n",
+                k.addr, k.port
+            ));
         }
     }
     s
@@ -75,10 +81,16 @@ struct Ns(String);
 impl Ns {
     fn new(n: usize) -> Ns {
         let name = format!("svcc-ipvsbench-{}-{n}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
         assert!(ok.success(), "ip netns add {name}");
         // IPVS refuses real servers (EINVAL) while the namespace's loopback is down.
-        let ok = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status().unwrap();
+        let ok = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
         assert!(ok.success());
         Ns(name)
     }
@@ -87,7 +99,10 @@ impl Ns {
             s.spawn(|| {
                 let fd = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
                 // SAFETY: setns on a valid namespace descriptor; changes only this thread.
-                assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                assert_eq!(
+                    unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0
+                );
                 f()
             })
             .join()

@@ -361,7 +361,10 @@ impl Daemon {
                 let out = self.session.compile();
                 let compile = t1.elapsed();
                 self.report_diagnostics(&out.diagnostics, &out.notes);
-                let ipvs_model = self.ipvs.is_some().then(|| ipvs_model(&out, self.session.settings()));
+                let ipvs_model = self
+                    .ipvs
+                    .is_some()
+                    .then(|| ipvs_model(&out, self.session.settings()));
                 let Output {
                     ir, mut ruleset, ..
                 } = out;
@@ -602,7 +605,9 @@ fn ipvs_model(out: &Output, s: &NodeSettings) -> svcc_compiler::ipvs::model::Ipv
     let mut o = svcc_compiler::ipvs::build::IpvsOptions::from_settings(&s.ipvs);
     match crate::ipvs::local_addrs() {
         Ok(a) => o.local_addrs = Some(a),
-        Err(e) => tracing::warn!(target: "svcc::sync", error = %e, "cannot list local addresses; NodePorts on the --node-ip addresses only"),
+        Err(e) => {
+            tracing::warn!(target: "svcc::sync", error = %e, "cannot list local addresses; NodePorts on the --node-ip addresses only")
+        }
     }
     out.ipvs(&o)
 }

@@ -397,8 +397,12 @@ impl IpvsApplier {
                 }
             };
             // Weight 0 = terminating: quiesced if present (below), never added.
-            let live: BTreeMap<DestKey, u32> =
-                w.dests.iter().filter(|(_, wt)| **wt > 0).map(|(d, wt)| (*d, *wt)).collect();
+            let live: BTreeMap<DestKey, u32> = w
+                .dests
+                .iter()
+                .filter(|(_, wt)| **wt > 0)
+                .map(|(d, wt)| (*d, *wt))
+                .collect();
             for (d, weight) in &live {
                 match dests.get(d) {
                     None => {
@@ -526,6 +530,93 @@ impl IpvsApplier {
         Ok(())
     }
 
+    /// What [`apply`](Self::apply) would change, one `ipvsadm`/`ip` command per line, read from
+    /// the kernel (dumps everything svcc owns; changes nothing).
+    pub fn diff(&mut self, want: &Desired) -> Result<Vec<String>, IpvsError> {
+        let dummy_index = self.links.index(DUMMY)?;
+        let on_dummy: BTreeSet<IpAddr> = match dummy_index {
+            Some(i) => self
+                .links
+                .addresses()?
+                .into_iter()
+                .filter(|a| a.index == i)
+                .map(|a| a.addr)
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let (current, _) = self.dump_owned(&on_dummy, |_| true)?;
+        let mut out = Vec::new();
+        let host = |a: &IpAddr| match a {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        };
+        for a in on_dummy.difference(&want.bind) {
+            out.push(format!("ip addr del {} dev {DUMMY}", host(a)));
+        }
+        for k in current.keys().filter(|k| !want.services.contains_key(k)) {
+            out.push(format!("ipvsadm -D {}", svc_spec(k)));
+        }
+        for (k, w) in &want.services {
+            let empty = BTreeMap::new();
+            let (cur_p, cur_d) = match current.get(k) {
+                Some((p, d)) => (Some(p), d),
+                None => (None, &empty),
+            };
+            match cur_p {
+                None => out.push(format!(
+                    "ipvsadm -A {} {}",
+                    svc_spec(k),
+                    params_spec(&w.params)
+                )),
+                Some(p) if p != &w.params => out.push(format!(
+                    "ipvsadm -E {} {}",
+                    svc_spec(k),
+                    params_spec(&w.params)
+                )),
+                Some(_) => {}
+            }
+            let rs = |d: &DestKey| match d.0 {
+                IpAddr::V4(a) => format!("{a}:{}", d.1),
+                IpAddr::V6(a) => format!("[{a}]:{}", d.1),
+            };
+            for (d, wt) in w.dests.iter().filter(|(_, wt)| **wt > 0) {
+                match cur_d.get(d) {
+                    None => out.push(format!(
+                        "ipvsadm -a {} -r {} -m -w {wt}",
+                        svc_spec(k),
+                        rs(d)
+                    )),
+                    Some(c) if c != wt => out.push(format!(
+                        "ipvsadm -e {} -r {} -m -w {wt}",
+                        svc_spec(k),
+                        rs(d)
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for (d, c) in cur_d {
+                if w.dests.get(d).is_some_and(|wt| *wt > 0) {
+                    continue;
+                }
+                if graceful(k.proto) {
+                    if *c != 0 {
+                        out.push(format!(
+                            "ipvsadm -e {} -r {} -m -w 0   # terminating: deleted when drained",
+                            svc_spec(k),
+                            rs(d)
+                        ));
+                    }
+                } else {
+                    out.push(format!("ipvsadm -d {} -r {}", svc_spec(k), rs(d)));
+                }
+            }
+        }
+        for a in want.bind.difference(&on_dummy) {
+            out.push(format!("ip addr add {} dev {DUMMY}", host(a)));
+        }
+        Ok(out)
+    }
+
     /// Removes svcc's virtual servers (record + those on svcc-ipvs0), the dummy interface and
     /// the glue tables; nothing else. Returns the number of virtual servers deleted.
     pub fn cleanup(&mut self) -> Result<usize, IpvsError> {
@@ -557,6 +648,42 @@ impl IpvsApplier {
         self.draining.clear();
         Ok(mine.len())
     }
+}
+
+/// `-t 10.0.0.1:80` / `-u [fd00::1]:53` / `--sctp-service …`.
+fn svc_spec(k: &SvcKey) -> String {
+    let opt = match k.proto {
+        6 => "-t",
+        17 => "-u",
+        _ => "--sctp-service",
+    };
+    match k.addr {
+        IpAddr::V4(a) => format!("{opt} {a}:{}", k.port),
+        IpAddr::V6(a) => format!("{opt} [{a}]:{}", k.port),
+    }
+}
+
+/// `-s rr [-b flags] [-p timeout -M mask]` as ipvsadm takes them.
+fn params_spec(p: &SvcParams) -> String {
+    use super::genl::{F_PERSISTENT, F_SCHED1, F_SCHED2, F_SCHED3};
+    let mut s = format!("-s {}", p.sched);
+    let mut b = Vec::new();
+    for (f, n) in [
+        (F_SCHED1, "flag-1"),
+        (F_SCHED2, "flag-2"),
+        (F_SCHED3, "flag-3"),
+    ] {
+        if p.flags & f != 0 {
+            b.push(n);
+        }
+    }
+    if !b.is_empty() {
+        s.push_str(&format!(" -b {}", b.join(",")));
+    }
+    if p.flags & F_PERSISTENT != 0 {
+        s.push_str(&format!(" -p {} -M {}", p.timeout, p.netmask));
+    }
+    s
 }
 
 fn parse_key_line(l: &str) -> Option<SvcKey> {

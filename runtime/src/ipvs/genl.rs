@@ -203,7 +203,12 @@ fn put_params(out: &mut Vec<u8>, k: &SvcKey, p: &SvcParams) {
     // IPv4: a mask (all ones, one address); IPv6: a prefix length the kernel reads raw.
     let nm: u32 = if k.addr.is_ipv4() {
         // IPv4 reads it as __be32: the mask in network order.
-        u32::from_ne_bytes((u32::MAX.checked_shl(32 - u32::from(p.netmask.min(32))).unwrap_or(0)).to_be_bytes())
+        u32::from_ne_bytes(
+            (u32::MAX
+                .checked_shl(32 - u32::from(p.netmask.min(32)))
+                .unwrap_or(0))
+            .to_be_bytes(),
+        )
     } else {
         u32::from(p.netmask)
     };
