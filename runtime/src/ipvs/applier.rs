@@ -135,6 +135,8 @@ pub struct IpvsApplier {
     draining: BTreeSet<(SvcKey, DestKey)>,
     state_dir: PathBuf,
     sysctls_done: bool,
+    /// The ownership record as last read or written (None: not read yet).
+    owned: Option<BTreeSet<SvcKey>>,
 }
 
 /// IANA protocol numbers of the L4 protocols IPVS serves.
@@ -159,6 +161,7 @@ impl IpvsApplier {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/run/svcc")),
             sysctls_done: false,
+            owned: None,
         })
     }
 
@@ -182,14 +185,16 @@ impl IpvsApplier {
         self.state_dir.join(format!("ipvs-owned-netns-{ns}"))
     }
 
-    fn read_owned(&self) -> BTreeSet<SvcKey> {
-        let Ok(s) = std::fs::read_to_string(self.state_path()) else {
-            return BTreeSet::new();
+    fn read_owned(&mut self) -> BTreeSet<SvcKey> {
+        let owned: BTreeSet<SvcKey> = match std::fs::read_to_string(self.state_path()) {
+            Ok(s) => s.lines().filter_map(parse_key_line).collect(),
+            Err(_) => BTreeSet::new(),
         };
-        s.lines().filter_map(parse_key_line).collect()
+        self.owned = Some(owned.clone());
+        owned
     }
 
-    fn write_owned(&self, keys: &BTreeSet<SvcKey>) -> Result<(), IpvsError> {
+    fn write_owned(&mut self, keys: &BTreeSet<SvcKey>) -> Result<(), IpvsError> {
         let p = self.state_path();
         let err = |err| IpvsError::State {
             path: p.display().to_string(),
@@ -202,7 +207,9 @@ impl IpvsApplier {
         }
         let tmp = p.with_extension("tmp");
         std::fs::write(&tmp, s).map_err(err)?;
-        std::fs::rename(&tmp, &p).map_err(err)
+        std::fs::rename(&tmp, &p).map_err(err)?;
+        self.owned = Some(keys.clone());
+        Ok(())
     }
 
     /// The kernel's virtual servers split into svcc's (with their dests and params) and the
@@ -282,7 +289,7 @@ impl IpvsApplier {
         }
 
         // The kernel's state: from the last apply, or dumped (first apply / after forget).
-        let (current, foreign) = match self.applied.take() {
+        let (mut current, foreign) = match self.applied.take() {
             Some(a) if self.bound == on_dummy => {
                 // Trusted: only services with draining real servers are re-read (connection
                 // counts), so a small change costs a handful of requests at any scale.
@@ -346,7 +353,7 @@ impl IpvsApplier {
             .union(&want.services.keys().copied().collect())
             .copied()
             .collect();
-        if intent != self.read_owned() {
+        if Some(&intent) != self.owned.as_ref() {
             self.write_owned(&intent)?;
         }
         let partial = |what: String| {
@@ -378,7 +385,15 @@ impl IpvsApplier {
 
         // 5. Virtual servers and real servers: new dests before old ones go.
         for (k, w) in &want.services {
-            let (params, mut dests) = match current.get(k) {
+            let cur = current.remove(k);
+            if let Some((p, d)) = &cur {
+                // Unchanged (the common case at scale): no work, no allocation.
+                if p == &w.params && d == &w.dests && !w.dests.values().any(|wt| *wt == 0) {
+                    applied.insert(*k, cur.unwrap());
+                    continue;
+                }
+            }
+            let (params, mut dests) = match cur {
                 None => {
                     self.ipvs
                         .new_service(k, &w.params)
@@ -387,13 +402,13 @@ impl IpvsApplier {
                     (w.params.clone(), BTreeMap::new())
                 }
                 Some((p, d)) => {
-                    if p != &w.params {
+                    if p != w.params {
                         self.ipvs
                             .set_service(k, &w.params)
                             .map_err(|e| sched_hint(e, k, &w.params.sched, &w.origin))?;
                         rep.services_changed += 1;
                     }
-                    (w.params.clone(), d.clone())
+                    (w.params.clone(), d)
                 }
             };
             // Weight 0 = terminating: quiesced if present (below), never added.
@@ -470,7 +485,7 @@ impl IpvsApplier {
         self.drain_read(&mut rep)?;
 
         let keys: BTreeSet<SvcKey> = want.services.keys().copied().collect();
-        if keys != intent {
+        if Some(&keys) != self.owned.as_ref() {
             self.write_owned(&keys)?;
         }
         rep.draining = self.draining.len();
@@ -643,6 +658,7 @@ impl IpvsApplier {
         }
         self.nft.cleanup()?;
         let _ = std::fs::remove_file(self.state_path());
+        self.owned = None;
         self.applied = None;
         self.bound.clear();
         self.draining.clear();
