@@ -207,8 +207,8 @@ pub struct NodeFlags {
     #[arg(long)]
     pub masquerade_all: bool,
     /// Node addresses that accept NodePorts: CIDRs (comma-separated) or `primary`. Unset: the
-    /// primary node IP of each family (nftables mode) or every local address (iptables mode),
-    /// kube-proxy's per-mode defaults; never loopback.
+    /// primary node IP of each family (nftables mode) or every local address (iptables and
+    /// ipvs modes), kube-proxy's per-mode defaults; never loopback.
     #[arg(long, value_name = "CIDR,..|primary")]
     pub nodeport_addresses: Option<String>,
     /// Service CIDRs (comma-separated): unallocated addresses in them are dropped.
@@ -219,8 +219,8 @@ pub struct NodeFlags {
     #[arg(long, value_name = "RANGE", default_value = "30000-32767")]
     pub service_node_port_range: String,
     /// Which rules to generate, as kube-proxy's `mode` (default: the config file's `mode`,
-    /// else nftables). It also chooses the config file's section (`nftables:`/`iptables:`) and
-    /// the per-mode defaults.
+    /// else nftables). It also chooses the config file's section (`nftables:`/`iptables:`;
+    /// ipvs: `ipvs:` and the mark of `iptables:`) and the per-mode defaults.
     #[arg(long, value_enum)]
     pub backend: Option<BackendFlag>,
     /// Userspace mode: the ports of the proxy listeners (kube-proxy's flag: LOW-HIGH,

@@ -115,15 +115,16 @@ pub struct IpvsSettings {
     pub udp_timeout: Duration,
     /// `strictARP`: the runtime sets `arp_ignore=1`, `arp_announce=2`.
     pub strict_arp: bool,
-    /// `excludeCIDRs`: IPVS services there are never touched (svcc touches only its own
-    /// anyway; kept so a frontend there is reported).
+    /// `excludeCIDRs`: IPVS services with an address there are never deleted by a sync or
+    /// cleanup (kube-proxy's exemption from `cleanLegacyService`; svcc touches only its own
+    /// virtual servers anyway, this also protects those).
     pub exclude_cidrs: Vec<IpNet>,
 }
 
 impl IpvsSettings {
     /// The global IPVS timeouts to set (`ipvsadm --set`); None keeps the system's value.
     pub fn timeouts(&self) -> Timeouts {
-        let secs = |d: Duration| (!d.is_zero()).then(|| d.as_secs() as u32);
+        let secs = |d: Duration| (!d.is_zero()).then_some(d.as_secs() as u32);
         Timeouts {
             tcp: secs(self.tcp_timeout),
             tcp_fin: secs(self.tcp_fin_timeout),
@@ -379,12 +380,24 @@ impl FileSettings {
 
     /// Warnings about fields the given mode ignores: set in the other mode's section only.
     pub fn ignored_fields(&self, file: &str, mode: Backend) -> Vec<Diagnostic> {
-        let (used, other, used_key, other_key) = match mode {
-            Backend::Nftables => (&self.nftables, &self.iptables, "nftables", "iptables"),
+        // (the section read, the other sections with what they set that this mode ignores)
+        let is_period = |f: &&str| *f == "syncPeriod" || *f == "minSyncPeriod";
+        let (used, others): (&ModeSettings, Vec<(&ModeSettings, &str)>) = match mode {
+            Backend::Nftables => (&self.nftables, vec![(&self.iptables, "iptables")]),
             Backend::Iptables | Backend::Userspace => {
-                (&self.iptables, &self.nftables, "iptables", "nftables")
+                (&self.iptables, vec![(&self.nftables, "nftables")])
             }
-            Backend::Ipvs => (&self.ipvs, &self.nftables, "ipvs/iptables", "nftables"),
+            Backend::Ipvs => (
+                &self.ipvs,
+                vec![(&self.nftables, "nftables"), (&self.iptables, "iptables")],
+            ),
+        };
+        // Where this mode reads a field (IPVS: periods in `ipvs:`, the mark in `iptables:`).
+        let used_key = |f: &str| match mode {
+            Backend::Nftables => "nftables",
+            Backend::Iptables | Backend::Userspace => "iptables",
+            Backend::Ipvs if is_period(&f) => "ipvs",
+            Backend::Ipvs => "iptables",
         };
         let mode_name = mode.name();
         let origin = Origin {
@@ -393,22 +406,27 @@ impl FileSettings {
             base: Vec::new(),
         };
         let used_fields = used.set_fields();
-        other
-            .set_fields()
-            .into_iter()
-            .filter(|f| !used_fields.contains(f))
-            .map(|f| {
-                Diagnostic::at_field(
+        let mut out = Vec::new();
+        for (other, other_key) in others {
+            for f in other.set_fields() {
+                // `iptables:`'s mark fields are what IPVS mode reads.
+                let read_there = mode == Backend::Ipvs && other_key == "iptables" && !is_period(&f);
+                if used_fields.contains(&f) || read_there {
+                    continue;
+                }
+                out.push(Diagnostic::at_field(
                     Severity::Warning,
                     &origin,
                     Some("KubeProxyConfiguration".into()),
                     &[PathSeg::Key(other_key.into()), PathSeg::Key(f.into())],
                     format!(
-                        "ignored: svcc compiles {mode_name} mode, which reads {used_key}.{f} (default used), like kube-proxy"
+                        "ignored: svcc compiles {mode_name} mode, which reads {}.{f} (default used), like kube-proxy",
+                        used_key(f)
                     ),
-                )
-            })
-            .collect()
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -815,6 +833,27 @@ mod tests {
         let t = s.timeouts();
         assert_eq!((t.tcp, t.tcp_fin, t.udp), (Some(900), Some(120), None));
         assert!(f.ignored_fields("kp.yaml", Backend::Ipvs).is_empty());
+        // What IPVS mode ignores: the nftables section, iptables' periods.
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\niptables:\n  masqueradeBit: 12\n  syncPeriod: 5s\nnftables:\n  masqueradeAll: true\n";
+        let f = parse_kube_proxy_config("kp.yaml", text).unwrap();
+        let w: Vec<String> = f
+            .ignored_fields("kp.yaml", Backend::Ipvs)
+            .iter()
+            .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+            .collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("nftables.masqueradeAll: ignored")
+                && w[0].contains("reads iptables.masqueradeAll"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("iptables.syncPeriod: ignored")
+                && w[1].contains("reads ipvs.syncPeriod"),
+            "{w:?}"
+        );
+        assert_eq!(f.section(Backend::Ipvs).masquerade_bit, Some(12));
+        assert_eq!(f.section(Backend::Ipvs).sync_period, None);
     }
 
     /// Bad IPVS settings: errors naming the field.

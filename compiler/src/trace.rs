@@ -821,6 +821,19 @@ impl<'s> Model<'s> {
                     at,
                 );
                 d.external
+            } else if mode == Mode::Ipvs
+                && d.external == Some(PolicyChain::Local)
+                && src_kind != SourceKind::External
+            {
+                if src_kind == SourceKind::Node {
+                    masq_reason = Some("the node's own traffic to an external address of an eTP=Local Service is masqueraded".into());
+                }
+                steps.push(
+                    "externalTrafficPolicy Local (IPVS)",
+                    "one virtual server per address, whoever the client: pods and the node reach the local endpoints only, as kube-proxy's IPVS mode (the nftables mode short-circuits them to every endpoint)",
+                    at,
+                );
+                d.external
             } else if src_kind == SourceKind::Pod && !b.cluster.is_empty() {
                 steps.push(
                     "externalTrafficPolicy Local, but the source is a pod",
@@ -889,7 +902,19 @@ impl<'s> Model<'s> {
         }
 
         // Masquerade (kube-proxy's mark-for-masquerade), then what the kernel does with it.
-        if !external {
+        // IPVS: an address on svcc-ipvs0 is local, so the node's own connection to it takes it
+        // as source, and is masqueraded (kube-proxy's `KUBE-CLUSTER-IP src,dst`).
+        let on_dummy = !external || !self.node_addresses().contains(&p.destination);
+        if mode == Mode::Ipvs
+            && src_kind == SourceKind::Node
+            && on_dummy
+            && kind != FrontendKind::NodePort
+        {
+            masq_reason = Some(format!(
+                "the node's connection to {} (an address of svcc-ipvs0) takes it as source, so it is masqueraded",
+                p.destination
+            ));
+        } else if !external {
             if fir.masquerade_all {
                 masq_reason =
                     Some("masqueradeAll: every ClusterIP connection is masqueraded".into());
@@ -958,15 +983,27 @@ impl<'s> Model<'s> {
                 self.service_at(sp, &[key("spec"), key("sessionAffinity")]),
             );
         }
-        steps.push(
-            "DNAT",
-            format!(
-                "to one of {} endpoint(s), each with chance 1/{}",
-                set.len(),
-                set.len()
-            ),
-            None,
-        );
+        if mode == Mode::Ipvs {
+            steps.push(
+                "IPVS",
+                format!(
+                    "the virtual server's scheduler ({}) picks one of {} real server(s), weight 1 each (the chances are its long-run shares)",
+                    self.settings.ipvs.scheduler,
+                    set.len()
+                ),
+                None,
+            );
+        } else {
+            steps.push(
+                "DNAT",
+                format!(
+                    "to one of {} endpoint(s), each with chance 1/{}",
+                    set.len(),
+                    set.len()
+                ),
+                None,
+            );
+        }
         t.verdict = Verdict::Dnat;
     }
 
@@ -1582,6 +1619,66 @@ impl std::fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IPVS mode differs from nftables mode where kube-proxy's IPVS mode does: eTP Local
+    /// with local endpoints gives pods and the node the local endpoints only, and the node's
+    /// connection to a VIP is masqueraded; everything else traces the same.
+    #[test]
+    fn ipvs_mode_differences() {
+        let text = include_str!("../../fixtures/cases/etp-local/manifests.yaml");
+        let sources = vec![Source {
+            name: "m.yaml".into(),
+            text: text.into(),
+        }];
+        let settings = |backend| NodeSettings {
+            hostname: "node-a".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            backend,
+            ..NodeSettings::default()
+        };
+        let nft_settings = settings(Mode::Nftables);
+        let ipvs_settings = settings(Mode::Ipvs);
+        let nft = Model::new(&sources, &nft_settings);
+        let ipvs = Model::new(&sources, &ipvs_settings);
+        let ir = &ipvs.ir.families[0];
+        let sp = &ir.service_ports[0];
+        let np = sp
+            .frontends
+            .iter()
+            .find(|f| f.kind == FrontendKind::NodePort)
+            .unwrap()
+            .port;
+        let cip = sp.cluster_ip().unwrap();
+        let cport = sp.frontends[0].port;
+        let pkt = |src: &str, dst: IpAddr, port| Packet {
+            source: src.parse().unwrap(),
+            destination: dst,
+            port,
+            protocol: sp.protocol,
+        };
+        let node_ip: IpAddr = "192.168.0.2".parse().unwrap();
+        let n_backends = |m: &Model, p: &Packet| m.trace(p).backends.len();
+        // A pod and the node to the NodePort: nftables short-circuits to every endpoint.
+        for src in ["10.0.1.5", "192.168.0.2"] {
+            let p = pkt(src, node_ip, np);
+            assert_eq!(n_backends(&nft, &p), sp.backends.cluster.len(), "{src}");
+            assert_eq!(n_backends(&ipvs, &p), sp.backends.local.len(), "{src}");
+        }
+        assert!(sp.backends.local.len() < sp.backends.cluster.len());
+        // An external client: the same in both.
+        let p = pkt("203.0.113.9", node_ip, np);
+        assert_eq!(nft.trace(&p).backends, ipvs.trace(&p).backends);
+        // The node to the ClusterIP: masqueraded in IPVS mode only (VIP source).
+        let p = pkt("192.168.0.2", cip, cport);
+        let t = ipvs.trace(&p);
+        assert_eq!(t.mode, "ipvs");
+        assert!(t.masquerade, "{:?}", t.steps);
+        // A pod to the ClusterIP: kept in both.
+        let p = pkt("10.0.1.5", cip, cport);
+        assert!(!ipvs.trace(&p).masquerade);
+        assert!(!nft.trace(&p).masquerade);
+    }
 
     #[test]
     fn nearest_names() {

@@ -107,13 +107,19 @@ pub fn build(ir: &Ir, opts: &IpvsOptions) -> IpvsModel {
 }
 
 /// The family's local addresses (never loopback, never IPv6 link-local: kube-proxy leaves
-/// them out of NodePort addresses).
+/// them out of NodePort addresses; never a ClusterIP, which only svcc-ipvs0 holds).
 fn local_addrs(f: &FamilyIr, opts: &IpvsOptions) -> Vec<IpAddr> {
     let all = opts.local_addrs.as_deref().unwrap_or(&f.node_ips);
+    let cluster_ips: std::collections::HashSet<IpAddr> = f
+        .service_ports
+        .iter()
+        .filter_map(|sp| sp.cluster_ip())
+        .collect();
     let mut v: Vec<IpAddr> = all
         .iter()
         .copied()
         .filter(|a| Family::of(a) == f.family && !a.is_loopback() && !is_link_local6(a))
+        .filter(|a| !cluster_ips.contains(a))
         .collect();
     v.sort();
     v.dedup();
@@ -704,5 +710,317 @@ fn glue_table(f: &FamilyIr, g: Glue) -> Table {
         comment: Some(names::TABLE_COMMENT.into()),
         sets,
         chains,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CompileOptions, NodeSettings, Source};
+
+    fn ir(manifests: &str, node_ips: &[&str], cidrs: &[&str]) -> Ir {
+        let settings = NodeSettings {
+            hostname: "node-a".into(),
+            node_ips: node_ips.iter().map(|a| a.parse().unwrap()).collect(),
+            cluster_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            backend: crate::Backend::Ipvs,
+            ..NodeSettings::default()
+        };
+        let src = Source {
+            name: "m.yaml".into(),
+            text: manifests.into(),
+        };
+        crate::compile(&[src], &settings, CompileOptions::default())
+            .expect("compiles")
+            .ir
+    }
+
+    fn v4(manifests: &str) -> Ir {
+        ir(manifests, &["192.168.0.2"], &["10.0.0.0/16"])
+    }
+
+    fn vs<'a>(m: &'a IpvsModel, addr: &str, port: u16, proto: L4Proto) -> &'a VirtualServer {
+        let addr: IpAddr = addr.parse().unwrap();
+        m.service(&VsKey {
+            family: Family::of(&addr),
+            protocol: proto,
+            addr,
+            port,
+        })
+        .unwrap_or_else(|| panic!("no virtual server {addr}:{port}"))
+    }
+
+    fn rs(v: &VirtualServer) -> Vec<String> {
+        v.real_servers
+            .iter()
+            .map(|r| format!("{}:{} w{}", r.addr, r.port, r.weight))
+            .collect()
+    }
+
+    fn elements(m: &IpvsModel, fam: Family, set: &str) -> usize {
+        m.glue
+            .tables
+            .iter()
+            .find(|t| t.family == fam)
+            .and_then(|t| t.set(set))
+            .map_or(0, |s| s.elements.len())
+    }
+
+    const AFFINITY: &str = include_str!("../../../fixtures/cases/session-affinity/manifests.yaml");
+    const ETP_LOCAL: &str = include_str!("../../../fixtures/cases/etp-local/manifests.yaml");
+    const ETP_NO_LOCAL: &str =
+        include_str!("../../../fixtures/cases/etp-local-no-local/manifests.yaml");
+    const TERMINATING: &str =
+        include_str!("../../../fixtures/cases/terminating-fallback/manifests.yaml");
+    const DUAL: &str = include_str!("../../../fixtures/cases/dual-stack/manifests.yaml");
+    const EXTERNAL: &str = include_str!("../../../fixtures/cases/externalip/manifests.yaml");
+
+    /// Every scheduler reaches every virtual server; only sh and mh get flags (fallback, and
+    /// for mh the port as kube-proxy), persistence adds its own bit.
+    #[test]
+    fn schedulers_and_flags() {
+        let ir = v4(AFFINITY);
+        for s in Scheduler::ALL {
+            let m = build(
+                &ir,
+                &IpvsOptions {
+                    scheduler: s,
+                    ..Default::default()
+                },
+            );
+            assert!(m.services.iter().all(|v| v.scheduler == s));
+            let sticky = vs(&m, "172.30.0.90", 80, L4Proto::Tcp);
+            let loose = vs(&m, "172.30.0.91", 80, L4Proto::Tcp);
+            let sched = match s {
+                Scheduler::Mh => SVC_F_SCHED1 | SVC_F_SCHED2,
+                Scheduler::Sh => SVC_F_SCHED1,
+                _ => 0,
+            };
+            assert_eq!(loose.flags(), sched, "{s}");
+            assert_eq!(sticky.flags(), sched | SVC_F_PERSISTENT, "{s}");
+        }
+    }
+
+    /// ClientIP affinity = persistence with the Service's timeout, per client address.
+    #[test]
+    fn persistence() {
+        let m = build(&v4(AFFINITY), &IpvsOptions::default());
+        let sticky = vs(&m, "172.30.0.90", 80, L4Proto::Tcp);
+        assert_eq!(
+            sticky.persistence,
+            Some(Persistence {
+                timeout: 600,
+                netmask: 32
+            })
+        );
+        assert_eq!((sticky.timeout(), sticky.netmask()), (600, 32));
+        let loose = vs(&m, "172.30.0.91", 80, L4Proto::Tcp);
+        assert_eq!((loose.persistence, loose.timeout()), (None, 0));
+        // Every frontend of the sticky service is persistent (NodePort, LB too).
+        assert!(m
+            .services
+            .iter()
+            .filter(|v| v.comment.starts_with("default/sticky:"))
+            .all(|v| v.persistence.is_some()));
+        let m6 = build(
+            &ir(
+                include_str!("../../../fixtures/cases/ipv6-affinity/manifests.yaml"),
+                &["fd00::2"],
+                &[],
+            ),
+            &IpvsOptions::default(),
+        );
+        assert!(m6
+            .services
+            .iter()
+            .all(|v| v.persistence.map(|p| p.netmask) == Some(128)));
+    }
+
+    /// Real servers carry weight 1 (kube-proxy); without a ready endpoint the
+    /// serving+terminating ones are used (the IR's fallback). Weight 0 — quiesced — is what
+    /// the runtime sets on a destination that is going away.
+    #[test]
+    fn weights_and_terminating_fallback() {
+        let m = build(&v4(TERMINATING), &IpvsOptions::default());
+        assert!(!m.services.is_empty());
+        for v in &m.services {
+            assert!(v
+                .real_servers
+                .iter()
+                .all(|r| r.weight == 1 && !r.is_terminating()));
+            let mut sorted = v.real_servers.clone();
+            sorted.sort();
+            assert_eq!(sorted, v.real_servers);
+        }
+        let ir = v4(TERMINATING);
+        for f in &ir.families {
+            for sp in &f.service_ports {
+                let ca = sp.cluster_ip().unwrap();
+                let fe = sp
+                    .frontends
+                    .iter()
+                    .find(|x| x.kind == FrontendKind::ClusterIp)
+                    .unwrap();
+                let v = vs(&m, &ca.to_string(), fe.port, sp.protocol);
+                let want: Vec<(IpAddr, u16)> = {
+                    let mut w: Vec<_> = sp
+                        .backends
+                        .cluster
+                        .iter()
+                        .map(|b| (b.addr, b.port))
+                        .collect();
+                    w.sort();
+                    w
+                };
+                let got: Vec<(IpAddr, u16)> =
+                    v.real_servers.iter().map(|r| (r.addr, r.port)).collect();
+                if sp.policy.internal_local {
+                    continue;
+                }
+                assert_eq!(got, want, "{}", sp.name);
+            }
+        }
+        assert!(RealServer {
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 1,
+            weight: 0
+        }
+        .is_terminating());
+    }
+
+    /// eTP Local: the external virtual servers get the local endpoints only (kube-proxy's
+    /// IPVS mode), the ClusterIP all; the client address is kept (external-local set).
+    #[test]
+    fn external_policy_local() {
+        let m = build(&v4(ETP_LOCAL), &IpvsOptions::default());
+        let ir = v4(ETP_LOCAL);
+        let sp = &ir.families[0].service_ports[0];
+        let np = sp
+            .frontends
+            .iter()
+            .find(|f| f.kind == FrontendKind::NodePort)
+            .unwrap();
+        let local: Vec<IpAddr> = sp.backends.local.iter().map(|b| b.addr).collect();
+        let v = vs(&m, "192.168.0.2", np.port, sp.protocol);
+        assert!(!v.real_servers.is_empty());
+        assert!(
+            v.real_servers.iter().all(|r| local.contains(&r.addr)),
+            "{:?}",
+            rs(v)
+        );
+        let c = vs(
+            &m,
+            &sp.cluster_ip().unwrap().to_string(),
+            sp.frontends[0].port,
+            sp.protocol,
+        );
+        assert_eq!(c.real_servers.len(), sp.backends.cluster.len());
+        assert!(elements(&m, Family::Ip, EXTERNAL_LOCAL) > 0);
+        assert_eq!(elements(&m, Family::Ip, EXTERNAL_MASQUERADE), 0);
+        assert_eq!(elements(&m, Family::Ip, EXTERNAL_POLICY_DROP), 0);
+    }
+
+    /// eTP Local without local endpoints: dropped from outside (the glue), the node and pods
+    /// reach every endpoint (the virtual server has the cluster endpoints).
+    #[test]
+    fn external_policy_local_without_local_endpoints() {
+        let m = build(&v4(ETP_NO_LOCAL), &IpvsOptions::default());
+        let v = vs(&m, "192.168.0.2", 30060, L4Proto::Tcp);
+        assert_eq!(v.real_servers.len(), 3, "{:?}", rs(v));
+        assert_eq!(elements(&m, Family::Ip, EXTERNAL_POLICY_DROP), 6);
+        assert_eq!(elements(&m, Family::Ip, names::NO_ENDPOINT_SERVICES), 0);
+    }
+
+    /// Dual-stack: virtual servers, glue tables and VIPs of both families.
+    #[test]
+    fn dual_stack() {
+        let m = build(
+            &ir(
+                DUAL,
+                &["192.168.0.2", "fd00::2"],
+                &["10.0.0.0/16", "fd00:10::/64"],
+            ),
+            &IpvsOptions::default(),
+        );
+        for fam in [Family::Ip, Family::Ip6] {
+            assert!(m.services.iter().any(|v| v.family == fam));
+            assert!(m.services.iter().all(|v| v
+                .real_servers
+                .iter()
+                .all(|r| Family::of(&r.addr) == v.family)));
+            assert!(m.dummy_addrs.iter().any(|a| Family::of(a) == fam));
+            assert!(m.glue.tables.iter().any(|t| t.family == fam));
+        }
+        // Sorted by key: IPv4 first, no duplicates.
+        let keys: Vec<VsKey> = m.services.iter().map(|v| v.key()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys, sorted);
+        let text = super::super::render::render(&m);
+        assert!(text.contains("-A -t [fd00:30::"), "{text}");
+        assert!(text.contains("-r [fd00:10::"), "{text}");
+    }
+
+    /// An external IP the node already has is not bound to svcc-ipvs0; NodePorts on "every
+    /// local address" go to each address the caller lists.
+    #[test]
+    fn local_addresses() {
+        let ir = v4(EXTERNAL);
+        let m = build(&ir, &IpvsOptions::default());
+        let ext: Vec<IpAddr> = ir.families[0]
+            .service_ports
+            .iter()
+            .flat_map(|sp| &sp.frontends)
+            .filter(|f| f.kind == FrontendKind::ExternalIp)
+            .filter_map(|f| f.addr)
+            .collect();
+        assert!(!ext.is_empty());
+        assert!(ext.iter().all(|a| m.dummy_addrs.contains(a)));
+        let cip = ir.families[0].service_ports[0].cluster_ip().unwrap();
+        let mut locals = vec![
+            ext[0],
+            "127.0.0.1".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            cip,
+        ];
+        locals.push("192.168.0.2".parse().unwrap());
+        let m2 = build(
+            &ir,
+            &IpvsOptions {
+                local_addrs: Some(locals),
+                ..Default::default()
+            },
+        );
+        assert!(!m2.dummy_addrs.contains(&ext[0]));
+        assert!(m2.dummy_addrs.contains(&cip));
+        assert!(m2.services.iter().all(|v| !v.addr.is_loopback()));
+        // NodePorts (every local address, the IPVS default) on each listed address but
+        // loopback, link-local and a ClusterIP (a leftover of svcc-ipvs0).
+        let ir = v4(include_str!(
+            "../../../fixtures/cases/nodeport-basic/manifests.yaml"
+        ));
+        let cip = ir.families[0].service_ports[0].cluster_ip().unwrap();
+        let listed: Vec<IpAddr> = ["192.168.0.2", "192.168.7.7", "127.0.0.1", "fe80::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .chain([cip])
+            .collect();
+        let m3 = build(
+            &ir,
+            &IpvsOptions {
+                local_addrs: Some(listed),
+                ..Default::default()
+            },
+        );
+        let mut np_addrs: Vec<String> = m3
+            .services
+            .iter()
+            .filter(|v| v.kind == FrontendKind::NodePort)
+            .map(|v| v.addr.to_string())
+            .collect();
+        np_addrs.sort();
+        np_addrs.dedup();
+        assert_eq!(np_addrs, ["192.168.0.2", "192.168.7.7"]);
     }
 }

@@ -171,3 +171,89 @@ fn netmask_arg(vs: &VirtualServer, prefix: u8) -> String {
         crate::family::Family::Ip6 => prefix.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::family::Family;
+    use crate::ir::FrontendKind;
+
+    fn model() -> IpvsModel {
+        let vs = |addr: &str, proto, sched, persistence| VirtualServer {
+            family: Family::of(&addr.parse().unwrap()),
+            protocol: proto,
+            addr: addr.parse().unwrap(),
+            port: 80,
+            scheduler: sched,
+            sched_flags: crate::ipvs::build::sched_flags(sched),
+            persistence,
+            real_servers: vec![RealServer {
+                addr: if addr.contains(':') {
+                    "fd00::9".parse().unwrap()
+                } else {
+                    "10.0.0.9".parse().unwrap()
+                },
+                port: 8080,
+                weight: 0,
+            }],
+            kind: FrontendKind::ClusterIp,
+            comment: "ns/svc:http".into(),
+        };
+        IpvsModel {
+            services: vec![
+                vs("10.96.0.1", L4Proto::Tcp, Scheduler::Sh, None),
+                vs(
+                    "10.96.0.2",
+                    L4Proto::Udp,
+                    Scheduler::Rr,
+                    Some(Persistence {
+                        timeout: 10800,
+                        netmask: 24,
+                    }),
+                ),
+                vs("fd00::1", L4Proto::Sctp, Scheduler::Mh, None),
+            ],
+            dummy_addrs: vec!["10.96.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            glue: Default::default(),
+            timeouts: Timeouts {
+                tcp: Some(900),
+                tcp_fin: None,
+                udp: Some(60),
+            },
+        }
+    }
+
+    #[test]
+    fn ipvsadm_lines() {
+        let t = render_ipvsadm(&model());
+        assert_eq!(
+            t,
+            "--set 900 0 60\n\
+             # ns/svc:http (ClusterIP)\n\
+             -A -t 10.96.0.1:80 -s sh -b sh-fallback\n\
+             -a -t 10.96.0.1:80 -r 10.0.0.9:8080 -m -w 0\n\
+             # ns/svc:http (ClusterIP)\n\
+             -A -u 10.96.0.2:80 -s rr -p 10800 -M 255.255.255.0\n\
+             -a -u 10.96.0.2:80 -r 10.0.0.9:8080 -m -w 0\n\
+             # ns/svc:http (ClusterIP)\n\
+             -A --sctp-service [fd00::1]:80 -s mh -b mh-fallback,mh-port\n\
+             -a --sctp-service [fd00::1]:80 -r [fd00::9]:8080 -m -w 0\n"
+        );
+    }
+
+    #[test]
+    fn sections_split() {
+        let m = model();
+        let t = render(&m);
+        assert_eq!(ipvsadm_part(&t), Some(render_ipvsadm(&m).as_str()));
+        assert_eq!(
+            section(&t, Section::DummyAddresses),
+            Some("10.96.0.1/32\nfd00::1/128\n")
+        );
+        let nft = section(&t, Section::Nft).unwrap();
+        assert_eq!(nft, crate::nft::render::render_replace(&m.glue));
+        assert_eq!(section("no markers", Section::Nft), None);
+        // Deterministic: same model, same bytes.
+        assert_eq!(t, render(&model()));
+    }
+}
