@@ -521,3 +521,140 @@ fn graceful_termination_keeps_live_connections_and_deletes_when_drained() {
         a.cleanup().unwrap();
     });
 }
+
+/// `svcc apply|diff|cleanup --backend ipvs` end to end: apply programs the case, diff then
+/// shows nothing (exit 0), cleanup leaves only the foreign objects.
+#[test]
+fn cli_apply_diff_cleanup() {
+    if !enabled() {
+        return;
+    }
+    let t = Topo::new("cli");
+    add_foreign(&t);
+    let (ipvs0, links0) = (ipvs_lines(&t), foreign_links(&t));
+    let svcc = env!("CARGO_BIN_EXE_svcc");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/cases/clusterip-basic"
+    );
+    let manifests = format!("{dir}/manifests.yaml");
+    let run = |cmd: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &t.node, svcc, cmd, "--backend", "ipvs"])
+            .args([
+                "--node-ip",
+                "10.200.0.1",
+                "--hostname-override",
+                "node-a",
+                &manifests,
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run("apply");
+    assert!(
+        o.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines = ipvs_lines(&t);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("-A -t 172.30.0.10:80 -s rr")),
+        "{lines:#?}"
+    );
+    let o = run("diff");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "diff after apply: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.node,
+            svcc,
+            "cleanup",
+            "--backend",
+            "ipvs",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(ipvs_lines(&t), ipvs0);
+    assert_eq!(foreign_links(&t), links0);
+    let tables = t.in_node(&["nft", "list", "tables"]);
+    assert!(!tables.contains("svcc"), "{tables}");
+}
+
+/// `svcc run --backend ipvs` programs the watched manifests through the IPVS applier and
+/// follows an endpoint change.
+#[test]
+fn run_syncs_through_the_ipvs_applier() {
+    if !enabled() {
+        return;
+    }
+    let t = Topo::new("run");
+    let svcc = env!("CARGO_BIN_EXE_svcc");
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/cases/clusterip-basic/manifests.yaml"
+    );
+    let dir = std::env::temp_dir().join(format!("svcc-ipvs-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.yaml");
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(&file, &text).unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &t.node, svcc, "run", "--backend", "ipvs"])
+        .args(["--node-ip", "10.200.0.1", "--hostname-override", "node-a"])
+        .args(["--metrics-bind-address", "", "--healthz-bind-address", ""])
+        .args(["--min-sync-period", "0s", "--watch"])
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let wait_for = |what: &str| {
+        let t0 = Instant::now();
+        loop {
+            let l = t.in_node(&["ipvsadm", "-Sn"]);
+            if l.contains(what) {
+                return l;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no {what:?} in:\n{l}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let _ = child.try_wait();
+    let guard = Kill(child);
+    let first = wait_for("-A -t 172.30.0.10:80 -s rr");
+    // Move the first endpoint address of the manifests to a new one.
+    let old = first
+        .lines()
+        .find_map(|l| l.strip_prefix("-a -t 172.30.0.10:80 -r "))
+        .and_then(|r| r.split(':').next())
+        .expect("a real server")
+        .to_string();
+    std::fs::write(&file, text.replacen(&old, "10.0.77.7", 1)).unwrap();
+    wait_for("-r 10.0.77.7:");
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}
