@@ -49,7 +49,7 @@ pub fn wanted(strict_arp: bool, kernel: Option<(u32, u32)>) -> Vec<Sysctl> {
         },
     ];
     if let Some(k) = kernel {
-        if k >= (4, 1) && k < (5, 9) {
+        if ((4, 1)..(5, 9)).contains(&k) {
             v.push(Sysctl {
                 path: "net/ipv4/vs/conn_reuse_mode",
                 value: "0",
