@@ -684,13 +684,19 @@ fn params_spec(p: &SvcParams) -> String {
     use super::genl::{F_PERSISTENT, F_SCHED1, F_SCHED2, F_SCHED3};
     let mut s = format!("-s {}", p.sched);
     let mut b = Vec::new();
-    for (f, n) in [
-        (F_SCHED1, "flag-1"),
-        (F_SCHED2, "flag-2"),
-        (F_SCHED3, "flag-3"),
+    // ipvsadm's names: `sh-fallback`/`sh-port`, `mh-fallback`/`mh-port`, else `flag-N`.
+    let hashing = p.sched == "sh" || p.sched == "mh";
+    for (f, n, name) in [
+        (F_SCHED1, 1, "fallback"),
+        (F_SCHED2, 2, "port"),
+        (F_SCHED3, 3, ""),
     ] {
         if p.flags & f != 0 {
-            b.push(n);
+            b.push(if hashing && !name.is_empty() {
+                format!("{}-{name}", p.sched)
+            } else {
+                format!("flag-{n}")
+            });
         }
     }
     if !b.is_empty() {
@@ -776,6 +782,21 @@ mod tests {
             "ipvs.scheduler \"mh\": kernel module ip_vs_mh is not available; load it with `modprobe ip_vs_mh`"
         );
         assert!(GenlError::NoFamily.to_string().contains("`modprobe ip_vs`"));
+    }
+
+    #[test]
+    fn diff_names_scheduler_flags_as_ipvsadm() {
+        use super::super::genl::{F_PERSISTENT, F_SCHED1, F_SCHED2};
+        let p = SvcParams {
+            sched: "mh".into(),
+            flags: F_SCHED1 | F_SCHED2 | F_PERSISTENT,
+            timeout: 10800,
+            netmask: 32,
+        };
+        assert_eq!(
+            params_spec(&p),
+            "-s mh -b mh-fallback,mh-port -p 10800 -M 32"
+        );
     }
 
     #[test]
