@@ -215,7 +215,7 @@ MD
 # rounds interleaved (medians); the phases from examples/apply-ruleset (which also checks that
 # the fast parser and pest give the same model). Then examples/churn: `svcc run`'s RSS under
 # fast churn for CHURN_SECONDS (default 60; 0 skips; 3600 for the hour).
-echo "== 7. apply --ruleset vs nft -f (10k/100k file), 3 rounds"
+echo "== 9. apply --ruleset vs nft -f (10k/100k file), 3 rounds"
 med() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 : > "$work/rs_nft"; : > "$work/rs_svcc"
 for i in 1 2 3; do
@@ -231,14 +231,14 @@ echo "   nft -f: $rs_nft_t s, $rs_nft_m MiB; svcc apply --ruleset: $rs_t s, $rs_
 churn_secs=${CHURN_SECONDS:-60}
 churn_out="(skipped: CHURN_SECONDS=0)"
 if [ "$churn_secs" != 0 ]; then
-  echo "== 7b. svcc run under churn, 10k/100k, $churn_secs s"
+  echo "== 9b. svcc run under churn, 10k/100k, $churn_secs s"
   ns=$(newns churn)
   churn_out=$(ip netns exec "$ns" target/release/examples/churn --seconds "$churn_secs" 2>/dev/null)
   echo "$churn_out" | sed 's/^/   /'
 fi
 cat >> docs/PERFORMANCE.md <<MD
 
-## 7. \`svcc apply --ruleset\` and \`svcc run\` memory under churn
+## 9. \`svcc apply --ruleset\` and \`svcc run\` memory under churn
 
 \`svcc apply --ruleset\` of the 10k/100k file reads it with the fast parser (\`grammar/src/fast.rs\`:
 a line at a time, straight into the model; pest only for what it does not recognise), medians

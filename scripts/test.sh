@@ -17,11 +17,22 @@ cargo bench --workspace --no-run
 # Fuzz targets (fuzz/, its own workspace): built, then each run ~10 s from its committed
 # corpus; any crash fails (scripts/fuzz-smoke.sh; installs cargo-fuzz if missing).
 scripts/fuzz-smoke.sh
+# Inside ONE VM on Debian's stock kernel (scripts/vm-test.sh; docs/FLOW-TESTS.md, "Inside a
+# VM"): the flow cases on the older kernel users run, and IPVS, which the host kernel lacks.
+# The IPVS suites join as soon as tests/ipvs.rs exists (it comes with the `ipvs` flow loader).
+# SVCC_NO_VM=1 skips the step (a machine without the VM packages).
+if [ "${SVCC_NO_VM:-0}" != 1 ]; then
+  vm_args=(SVCC_FLOW_LOADERS=nft,apply,iptables-nft,iptables-legacy,userspace flow)
+  if [ -f tests/ipvs.rs ]; then
+    vm_args+=(SVCC_IPVS=1 ipvs SVCC_FLOW_LOADERS=ipvs flow)
+  fi
+  scripts/vm-test.sh "${vm_args[@]}" 2>&1 | tee -a "$log"
+fi
 left=$(ip netns list 2>/dev/null | grep -E '^svcc' || true)
 if [ -n "$left" ]; then
   echo "tests left network namespaces behind:" >&2
   echo "$left" >&2
   exit 1
 fi
-# One closing line for the whole run (cargo prints one per test binary).
+# One closing line for the whole run (cargo prints one per test binary, the VM's included).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -699,7 +699,7 @@ fn apply(c: ApplyCmd) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     if settings.backend == Backend::Ipvs {
-        return Ok(ipvs_not_yet("apply"));
+        return apply_ipvs(&settings, &out, c.dry_run);
     }
     if settings.backend == Backend::Userspace {
         eprintln!("svcc: the userspace mode's rules send traffic to proxy listeners that only `svcc run --backend userspace` opens; use it (or `svcc compile --backend userspace` to review the rules)");
@@ -779,7 +779,7 @@ fn diff_inner(c: DiffCmd) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     if settings.backend == Backend::Ipvs {
-        return Ok(ipvs_not_yet("diff"));
+        return diff_ipvs(&settings, &out);
     }
     if settings.backend == Backend::Iptables {
         eprintln!("svcc: diff compares nftables rulesets; for iptables, `svcc apply --backend iptables --dry-run` prints the restore input");
@@ -866,15 +866,87 @@ fn kernel_listing(
     Some(svcc_compiler::nft::model::Ruleset { tables })
 }
 
-/// `--backend ipvs` is compile-only in this build.
-pub fn ipvs_not_yet(cmd: &str) -> ExitCode {
-    eprintln!("svcc: {cmd} --backend ipvs is not implemented yet (`svcc compile --backend ipvs` prints what it would program)");
-    ExitCode::from(EXIT_INPUT)
+/// The IPVS model for this node: NodePort virtual servers on its current addresses.
+fn ipvs_model(settings: &NodeSettings, out: &Output) -> svcc_compiler::ipvs::model::IpvsModel {
+    let mut o = IpvsOptions::from_settings(&settings.ipvs);
+    match svcc_runtime::ipvs::local_addrs() {
+        Ok(a) => o.local_addrs = Some(a),
+        Err(e) => eprintln!("svcc: warning: cannot list local addresses ({e}); NodePorts on the --node-ip addresses only"),
+    }
+    out.ipvs(&o)
+}
+
+/// `svcc apply --backend ipvs`: IPVS over generic netlink, svcc-ipvs0, the glue table.
+fn apply_ipvs(settings: &NodeSettings, out: &Output, dry_run: bool) -> Result<ExitCode> {
+    let model = ipvs_model(settings, out);
+    if dry_run {
+        print!("{}", svcc_compiler::ipvs::render::render(&model));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let want = svcc_runtime::ipvs::desired(&model, settings.ipvs.strict_arp);
+    let mut a = match svcc_runtime::ipvs::IpvsApplier::new() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("svcc: cannot program IPVS: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match a.apply(&want) {
+        Ok(r) => {
+            eprintln!("svcc: ipvs apply: {r}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("svcc: ipvs apply failed: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `svcc diff --backend ipvs`: what apply would change, in ipvsadm/ip syntax.
+fn diff_ipvs(settings: &NodeSettings, out: &Output) -> Result<ExitCode> {
+    let model = ipvs_model(settings, out);
+    let want = svcc_runtime::ipvs::desired(&model, settings.ipvs.strict_arp);
+    let mut a = svcc_runtime::ipvs::IpvsApplier::new().context("opening IPVS")?;
+    let mut lines = a.diff(&want).context("reading the kernel's IPVS state")?;
+    // The glue table, as `svcc diff` shows nftables changes.
+    if let Some(current) = kernel_listing(&model.glue) {
+        let desired = svcc_grammar::normalize_for_compare(&model.glue);
+        match svcc_runtime::diff_script(&current, &desired) {
+            Ok(script) => lines.extend(
+                script
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("add ") || l.starts_with("delete ") || l.starts_with("flush ")
+                    })
+                    .map(|l| format!("nft {l}")),
+            ),
+            Err(why) => lines.push(format!(
+                "# svcc's glue tables are replaced as a whole ({why})"
+            )),
+        }
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    if lines.is_empty() {
+        eprintln!("svcc: no difference");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("svcc: {} change(s)", lines.len());
+        Ok(ExitCode::from(EXIT_DIFFERENT))
+    }
 }
 
 fn cleanup(c: CleanupCmd) -> Result<ExitCode> {
     match c.backend {
-        BackendFlag::Ipvs => return Ok(ipvs_not_yet("cleanup")),
+        BackendFlag::Ipvs => {
+            let mut a = svcc_runtime::ipvs::IpvsApplier::new().context("opening IPVS")?;
+            let n = a
+                .cleanup()
+                .context("removing svcc's IPVS services, svcc-ipvs0 and tables")?;
+            eprintln!("svcc: ipvs cleanup: {n} virtual servers, interface svcc-ipvs0 and svcc's tables removed");
+        }
         BackendFlag::Nftables | BackendFlag::Userspace => {
             let mut a = Applier::new().context("opening the netlink socket")?;
             let r = a.cleanup().context("deleting svcc's tables")?;

@@ -123,9 +123,6 @@ pub fn run(c: RunCmd) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INPUT));
         }
     };
-    if settings.backend == Backend::Ipvs {
-        return Ok(crate::cli::ipvs_not_yet("run"));
-    }
     if settings.backend == Backend::Iptables {
         return bad("svcc run programs nftables only (--backend iptables: use svcc apply)".into());
     }

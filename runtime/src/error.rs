@@ -48,6 +48,9 @@ pub enum ApplyError {
     Refused(Vec<Refusal>),
     #[error("the ruleset changed under us {0} times in a row; gave up (nothing applied)")]
     TooManyRetries(u32),
+    /// IPVS mode (its own error type; boxed: it holds an `ApplyError` for the glue table).
+    #[error("{0}")]
+    Ipvs(Box<crate::ipvs::IpvsError>),
 }
 
 impl ApplyError {

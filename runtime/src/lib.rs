@@ -24,6 +24,7 @@ mod sys;
 
 pub mod daemon;
 pub mod iptables;
+pub mod ipvs;
 pub mod userspace;
 
 /// The object model and the bits of the text writer the runtime shares with it.

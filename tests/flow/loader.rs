@@ -8,6 +8,8 @@
 //!   the artifact; `svcc apply --backend iptables` with the same inputs loads it (iptables-restore
 //!   plus the jumps from the built-in chains). iptables mode differs from nftables mode by design
 //!   (see docs/FLOW-TESTS.md): flows mark those with `skip: {iptables: reason}`;
+//! - `ipvs`: `svcc apply --backend ipvs` (needs IP_VS: only when named, in the VM of
+//!   `scripts/vm-test.sh`); the artifact is `svcc compile --backend ipvs`;
 //! - `prebuilt:DIR`: no compiler: `DIR/<case>.nft` is loaded with `nft -f` (hand-written rules,
 //!   for working on the framework or on a case).
 
@@ -316,6 +318,36 @@ fn healthz_ok(ns: &str) -> bool {
     buf[..n].starts_with(b"HTTP/1.1 200")
 }
 
+/// `svcc compile --backend ipvs` (the artifact: ipvsadm-restore text, dummy addresses, glue),
+/// loaded by `svcc apply --backend ipvs` with the same inputs (IPVS over generic netlink, the
+/// VIPs on svcc-ipvs0, the glue table). Needs a kernel with IP_VS: only when
+/// `SVCC_FLOW_LOADERS` names it (the VM of `scripts/vm-test.sh` does).
+pub struct Ipvs;
+
+impl Loader for Ipvs {
+    fn name(&self) -> String {
+        "ipvs".into()
+    }
+    fn build(&self, input: &CaseInput<'_>, work: &Path) -> Result<PathBuf, String> {
+        let out = work.join("ipvs.txt");
+        compile(input, &["--backend", "ipvs"], &out)?;
+        Ok(out)
+    }
+    fn load(&self, netns: &str, _file: &Path, input: &CaseInput<'_>) -> Result<(), String> {
+        let bin = svcc_bin().display().to_string();
+        let mut args: Vec<String> = vec!["apply".into(), "--backend".into(), "ipvs".into()];
+        args.extend(input.case.compile_args(input.dir));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_in(netns, &bin, &args).map(|_| ())
+    }
+    fn dump(&self, netns: &str) -> String {
+        let a = run_in(netns, "ipvsadm", &["-Ln"]).unwrap_or_else(|e| e);
+        let b = run_in(netns, "ip", &["addr", "show", "dev", "svcc-ipvs0"]).unwrap_or_else(|e| e);
+        let c = run_in(netns, "nft", &["list", "ruleset"]).unwrap_or_else(|e| e);
+        format!("{a}\n{b}\n{c}")
+    }
+}
+
 /// Hand-written rules: `DIR/<case>.nft`, loaded with `nft -f`.
 pub struct Prebuilt(pub PathBuf);
 
@@ -346,10 +378,11 @@ pub fn from_env() -> Result<Vec<Box<dyn Loader>>, String> {
             "iptables" | "iptables-nft" => v.push(Box::new(IptablesRestore("nft"))),
             "iptables-legacy" => v.push(Box::new(IptablesRestore("legacy"))),
             "userspace" => v.push(Box::new(Userspace)),
+            "ipvs" => v.push(Box::new(Ipvs)),
             s if s.starts_with("prebuilt:") => v.push(Box::new(Prebuilt(PathBuf::from(&s["prebuilt:".len()..])))),
             other => {
                 return Err(format!(
-                    "SVCC_FLOW_LOADERS: unknown loader `{other}` (known: nft, apply, iptables[-nft], iptables-legacy, userspace, prebuilt:DIR)"
+                    "SVCC_FLOW_LOADERS: unknown loader `{other}` (known: nft, apply, iptables[-nft], iptables-legacy, userspace, ipvs, prebuilt:DIR)"
                 ))
             }
         }

@@ -301,7 +301,8 @@ fn parse_flow(index: usize, v: &Value) -> Result<Flow, String> {
     }
     let expect = parse_expect(&format!("{at}.expect"), &raw.expect)?;
     // A mistyped loader would silently never match: only known loaders (or families).
-    const LOADERS: [&str; 7] = [
+    const LOADERS: [&str; 8] = [
+        "ipvs",
         "nft",
         "apply",
         "iptables",

@@ -127,6 +127,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         ),
         _ => None,
     };
+    // IPVS mode: its applier (IPVS over generic netlink, svcc-ipvs0, the glue table).
+    let ipvs = match s.backend {
+        svcc_compiler::Backend::Ipvs => Some(
+            crate::ipvs::IpvsApplier::new()
+                .map_err(|e| start(format!("starting IPVS mode: {e}")))?,
+        ),
+        _ => None,
+    };
     if let (Some(p), Ok(mut m)) = (&proxy, shared.metrics.lock()) {
         m.userspace = Some(p.counters.clone());
     }
@@ -186,6 +194,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         stats: Stats::default(),
         verifies_since_full: 0,
         proxy,
+        ipvs,
     };
     let sig = d.run(&rx);
     match sig {
@@ -225,6 +234,9 @@ struct Daemon {
     /// Userspace mode: the proxy. Every sync then compiles in full, binds the listeners of
     /// the new IR, then applies the redirect rules to them.
     proxy: Option<crate::userspace::Proxy>,
+    /// IPVS mode: every sync compiles in full and the IPVS applier sends only the difference
+    /// (its messages are proportional to the change; see docs/ARCHITECTURE.md).
+    ipvs: Option<crate::ipvs::IpvsApplier>,
 }
 
 /// Where the objects come from: files or the Kubernetes API.
@@ -405,7 +417,13 @@ impl Daemon {
         let t1 = Instant::now();
         let mut applied = None;
         let full_verify = verify && self.verifies_since_full + 1 >= FULL_VERIFY_EVERY;
-        if !(full_verify || retrying || first || self.full_next || self.proxy.is_some()) {
+        if !(full_verify
+            || retrying
+            || first
+            || self.full_next
+            || self.proxy.is_some()
+            || self.ipvs.is_some())
+        {
             if let Some(inc) = self.session.compile_delta() {
                 let compile = t1.elapsed();
                 match self
@@ -445,6 +463,10 @@ impl Daemon {
                 let out = self.session.compile();
                 let compile = t1.elapsed();
                 self.report_diagnostics(&out.diagnostics, &out.notes);
+                let ipvs_model = self
+                    .ipvs
+                    .is_some()
+                    .then(|| ipvs_model(&out, self.session.settings()));
                 let Output {
                     ir, mut ruleset, ..
                 } = out;
@@ -472,8 +494,14 @@ impl Daemon {
                     force_full,
                     ..Default::default()
                 };
-                let mut result = self.applier.apply_owned(ruleset, &opts(full_first));
-                if let (Err(e), false) = (&result, full_first) {
+                let mut result = match &ipvs_model {
+                    Some(m) => {
+                        self.stats = m.glue.stats();
+                        self.ipvs_apply(m, first)
+                    }
+                    None => self.applier.apply_owned(ruleset, &opts(full_first)),
+                };
+                if let (Err(e), false, None) = (&result, full_first, &ipvs_model) {
                     self.metrics(|m| m.sync_failures += 1);
                     tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
                     let again = match &self.proxy {
@@ -653,6 +681,44 @@ impl Daemon {
             m.input_errors_total += new_errors;
         });
     }
+}
+
+impl Daemon {
+    /// One IPVS apply, reported as the nft applier's report (for metrics and logs). A failure
+    /// makes the next sync re-read the kernel.
+    fn ipvs_apply(
+        &mut self,
+        m: &svcc_compiler::ipvs::model::IpvsModel,
+        first: bool,
+    ) -> Result<ApplyReport, crate::ApplyError> {
+        let a = self.ipvs.as_mut().expect("IPVS mode");
+        let strict_arp = self.session.settings().ipvs.strict_arp;
+        match a.apply(&crate::ipvs::desired(m, strict_arp)) {
+            Ok(r) => Ok(ApplyReport {
+                full: first,
+                reason: format!("ipvs: {r}"),
+                messages: (r.ipvs_messages + r.link_messages) as usize + r.glue_messages,
+                committed: r.changed(),
+                ..Default::default()
+            }),
+            Err(e) => {
+                a.forget();
+                Err(crate::ApplyError::Ipvs(Box::new(e)))
+            }
+        }
+    }
+}
+
+/// The IPVS model of a compile, NodePort servers on the node's current addresses.
+fn ipvs_model(out: &Output, s: &NodeSettings) -> svcc_compiler::ipvs::model::IpvsModel {
+    let mut o = svcc_compiler::ipvs::build::IpvsOptions::from_settings(&s.ipvs);
+    match crate::ipvs::local_addrs() {
+        Ok(a) => o.local_addrs = Some(a),
+        Err(e) => {
+            tracing::warn!(target: "svcc::sync", error = %e, "cannot list local addresses; NodePorts on the --node-ip addresses only")
+        }
+    }
+    out.ipvs(&o)
 }
 
 /// Whether the applier replaced svcc's tables because someone else changed them.
