@@ -20,9 +20,6 @@
 #   --timeout SECS   (SVCC_VM_TIMEOUT) the whole VM run, boot included; default 3600
 #   --memory SIZE    (SVCC_VM_MEMORY)  default 3G
 #   --cpus N         (SVCC_VM_CPUS)    default 2
-#   --release        build and run the release profile (SVCC_VM_RELEASE=1): the VM emulates the
-#                    CPU, and unoptimized svcc binaries are slow enough there to miss the
-#                    daemon tests' start-up deadlines
 #   --keep           keep the result directory even when everything passed (SVCC_VM_KEEP=1)
 #
 # Exit status: 0 when every target passed; 1 when a target failed, left a network namespace
@@ -37,7 +34,6 @@ timeout_s=${SVCC_VM_TIMEOUT:-3600}
 memory=${SVCC_VM_MEMORY:-3G}
 cpus=${SVCC_VM_CPUS:-2}
 keep=${SVCC_VM_KEEP:-0}
-release=${SVCC_VM_RELEASE:-0}
 args=()
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -47,7 +43,6 @@ while [ $# -gt 0 ]; do
     --memory) memory=$2; shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    --release) release=1; shift ;;
     -h|--help) usage ;;
     --) shift; args+=("$@"); break ;;
     -*) echo "vm-test: unknown option $1" >&2; usage ;;
@@ -91,7 +86,6 @@ done
 # Build on the host (never inside the VM) and locate the binaries from cargo's JSON messages.
 cargo_args=(test --workspace --no-run --message-format=json)
 for t in "${targets[@]}"; do cargo_args+=(--test "$t"); done
-[ "$release" = 1 ] && cargo_args+=(--release)
 echo "vm-test: building ${targets[*]} on the host" >&2
 json=$(cargo "${cargo_args[@]}" 2> >(grep -v '^ *\(Compiling\|Finished\|Executable\|Blocking\)' >&2)) \
   || die "cargo ${cargo_args[*]} failed"
