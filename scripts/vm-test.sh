@@ -87,8 +87,20 @@ done
 cargo_args=(test --workspace --no-run --message-format=json)
 for t in "${targets[@]}"; do cargo_args+=(--test "$t"); done
 echo "vm-test: building ${targets[*]} on the host" >&2
-json=$(cargo "${cargo_args[@]}" 2> >(grep -v '^ *\(Compiling\|Finished\|Executable\|Blocking\)' >&2)) \
-  || die "cargo ${cargo_args[*]} failed"
+if ! json=$(cargo "${cargo_args[@]}" 2> >(grep -v '^ *\(Compiling\|Finished\|Executable\|Blocking\)' >&2)); then
+  # With JSON messages the compiler's diagnostics are on stdout: show them as cargo would.
+  printf '%s\n' "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-message" and m["message"].get("rendered"):
+        sys.stderr.write(m["message"]["rendered"])
+'
+  die "cargo ${cargo_args[*]} failed"
+fi
 declare -A bin
 stage=()        # executables the tests run (theirs and the workspace's binaries), see guest.sh
 while read -r kind name exe; do
