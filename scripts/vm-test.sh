@@ -128,12 +128,12 @@ q() { printf '%q' "$1"; }
   echo "cd $(q "$root")"
   printf 'stage=('; for e in "${stage[@]}"; do printf ' %q' "$e"; done; echo ' )'
   cat <<'EOF'
-# The guest's /tmp is an overlay showing the host's /tmp: give it a private, empty one (the
-# result directory, mounted under the host's /tmp, is reached through /run first).
-mkdir -p /run/svcc-vm-out
-mount --bind "$out" /run/svcc-vm-out
-out=/run/svcc-vm-out
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# The guest's /tmp is a throwaway overlay over the host's /tmp (which may hold the sources):
+# the tests get a private, empty temp directory instead, in the guest's RAM.
+mkdir -p /run/svcc-vm
+mount -t tmpfs -o mode=1777 tmpfs /run/svcc-vm
+mkdir -m 1777 /run/svcc-vm/tmp /run/svcc-vm/bin
+export TMPDIR=/run/svcc-vm/tmp
 uname -r > "$out/kernel"
 # Modules the suites use; the kernel would autoload most of them, loading them here makes a
 # missing one a clear line in the log instead of a confusing test failure.
@@ -144,18 +144,17 @@ done
 # The root filesystem is 9p without a page cache: every exec of a (large, debug) binary reads it
 # all again through qemu. Copy the executables into RAM once and bind them over their paths
 # (tests find them by absolute path, e.g. CARGO_BIN_EXE_svcc).
-mkdir -p /tmp/.svcc-vm-bin
 i=0
 for exe in "${stage[@]}"; do
   i=$((i + 1))
-  cp "$exe" "/tmp/.svcc-vm-bin/$i" && mount --bind "/tmp/.svcc-vm-bin/$i" "$exe" \
+  cp "$exe" "/run/svcc-vm/bin/$i" && mount --bind "/run/svcc-vm/bin/$i" "$exe" \
     || echo "vm: could not stage $exe in RAM (runs from 9p)"
 done
 # /run is the guest's own tmpfs: `ip netns add` needs /run/netns.
 mkdir -p /run/netns
 ulimit -n 65536
 export PATH="$PATH:/usr/local/sbin:/usr/local/bin"
-export HOME=/tmp
+export HOME=$TMPDIR
 EOF
   # Host variables every target gets.
   while IFS='=' read -r name _; do
@@ -180,7 +179,7 @@ EOF
     echo "  echo \$rc > \"\$out/$i.rc\""
     echo ")"
     # Work directories of failed flow cases are kept in the guest's /tmp: bring them back.
-    echo "for d in /tmp/svcc-flow-*; do [ -n \"\$(ls -A \"\$d\" 2>/dev/null)\" ] && mkdir -p \"\$out/guest-tmp\" && cp -r \"\$d\" \"\$out/guest-tmp/\"; rm -rf \"\$d\"; done"
+    echo "for d in \"\$TMPDIR\"/svcc-flow-*; do [ -n \"\$(ls -A \"\$d\" 2>/dev/null)\" ] && mkdir -p \"\$out/guest-tmp\" && cp -r \"\$d\" \"\$out/guest-tmp/\"; rm -rf \"\$d\"; done"
   done
   echo 'touch "$out/done"'
 } > "$guest"
