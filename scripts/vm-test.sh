@@ -69,6 +69,9 @@ run_filter=()
 cur_env=""
 for a in "${args[@]}"; do
   if [[ "$a" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; then
+    # A later value replaces an earlier one of the same name.
+    cur_env=$(printf '%s' "$cur_env" | grep -v "^${a%%=*}=" || true)
+    [ -n "$cur_env" ] && cur_env+=$'\n'
     cur_env+="$a"$'\n'
     continue
   fi
