@@ -103,6 +103,9 @@ pub struct Trace {
     /// ClientIP session affinity: a client keeps its backend.
     pub affinity: bool,
     pub affinity_timeout_seconds: Option<u32>,
+    /// IPVS mode: the virtual server's scheduler (`rr`, `sh`, …) that picks among `backends`
+    /// (their `probability` is then a long-run share); None in the other modes.
+    pub scheduler: Option<String>,
     pub steps: Vec<Step>,
     /// Objects left out because of errors in the input (`FILE:LINE:COL: ...`).
     pub left_out: Vec<String>,
@@ -424,6 +427,7 @@ impl<'s> Model<'s> {
             masquerade: false,
             affinity: false,
             affinity_timeout_seconds: None,
+            scheduler: None,
             steps: Vec::new(),
             left_out: self.left_out(),
         };
@@ -600,6 +604,32 @@ impl<'s> Model<'s> {
                 }
             }
             return;
+        }
+        // IPVS schedules only locally routed packets, so external and LB IPs that are not the
+        // node's are bound to svcc-ipvs0 too; their other ports meet the same filter.
+        if mode == Mode::Ipvs && !self.node_addresses().contains(&dst) {
+            if let Some(sp) = fir.service_ports.iter().find(|sp| {
+                sp.frontends.iter().any(|f| {
+                    matches!(
+                        f.kind,
+                        FrontendKind::ExternalIp | FrontendKind::LoadBalancer
+                    ) && f.addr == Some(dst)
+                })
+            }) {
+                let at = self.service_at(sp, &[key("spec")]);
+                steps.push(
+                    format!(
+                        "{} is not a port of {dst}, an external or load-balancer IP of Service {}/{} bound to svcc-ipvs0",
+                        sock(dst, p.port),
+                        sp.name.namespace,
+                        sp.name.name
+                    ),
+                    "kube-proxy's IPVS mode rejects new connections to an address on its dummy interface on a port that is no virtual server (svcc: vip-filter)",
+                    at,
+                );
+                t.verdict = Verdict::Reject;
+                return;
+            }
         }
         if let Some(c) = fir.service_cidrs.iter().find(|c| c.contains(&dst)) {
             let what = format!("{dst} is in the service CIDR {c} but is no Service's ClusterIP");
@@ -984,6 +1014,7 @@ impl<'s> Model<'s> {
             );
         }
         if mode == Mode::Ipvs {
+            t.scheduler = Some(self.settings.ipvs.scheduler.to_string());
             steps.push(
                 "IPVS",
                 format!(
