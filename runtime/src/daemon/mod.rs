@@ -159,7 +159,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(|e| start(e.to_string()))?;
             let mut feed = api::feed::ApiInputs::new(cfg.settings.clone());
             feed.bad_objects = Some(bad);
-            Feed::Api(feed)
+            Feed::Api(Box::new(feed))
         }
     };
     drop(tx);
@@ -242,7 +242,7 @@ struct Daemon {
 /// Where the objects come from: files or the Kubernetes API.
 enum Feed {
     Files(Inputs),
-    Api(api::feed::ApiInputs),
+    Api(Box<api::feed::ApiInputs>),
 }
 
 impl Feed {
@@ -643,12 +643,10 @@ impl Daemon {
             if d.is_error() {
                 new_errors += 1;
                 tracing::error!(target: "svcc::input", file = %d.file, line = ?d.line, object = ?d.object, field = ?d.field, "{text} (left out; everything else is applied)");
-                if let Feed::Api(api::feed::ApiInputs {
-                    bad_objects: Some(b),
-                    ..
-                }) = &self.inputs
-                {
-                    b.report(&d.file, &text);
+                if let Feed::Api(a) = &self.inputs {
+                    if let Some(b) = &a.bad_objects {
+                        b.report(&d.file, &text);
+                    }
                 }
             } else {
                 tracing::warn!(target: "svcc::input", file = %d.file, line = ?d.line, "{text}");
