@@ -121,17 +121,18 @@ pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Every case directory under `fixtures/cases`, sorted by name.
+/// Every case directory under `fixtures/cases`, sorted by name. Panics when there is none
+/// (an unreadable checkout, e.g. in a VM that does not see it): a suite that finds no case
+/// must fail, not pass having checked nothing.
 pub fn all_cases() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cases");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.join("case.yaml").exists())
-                .collect()
-        })
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("case.yaml").exists())
+        .collect();
+    assert!(!v.is_empty(), "no case.yaml under {}", root.display());
     v.sort();
     v
 }
