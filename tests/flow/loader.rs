@@ -47,6 +47,13 @@ pub trait Loader: Send + Sync {
     fn source_is_node(&self) -> bool {
         false
     }
+    /// The mode picks backends deterministically (IPVS's rr): flows run in parallel would
+    /// interleave their new connections to one virtual server in lockstep, and each flow
+    /// would then see only the backends of its turns. Such a loader runs a case's flows one
+    /// at a time.
+    fn sequential_flows(&self) -> bool {
+        false
+    }
     /// What is loaded now, for failure reports.
     fn dump(&self, netns: &str) -> String {
         run_in(netns, "nft", &["list", "ruleset"]).unwrap_or_else(|e| e)
@@ -325,6 +332,9 @@ fn healthz_ok(ns: &str) -> bool {
 pub struct Ipvs;
 
 impl Loader for Ipvs {
+    fn sequential_flows(&self) -> bool {
+        true
+    }
     fn name(&self) -> String {
         "ipvs".into()
     }

@@ -348,7 +348,7 @@ pub fn run_case(p: &Prepared, loader: &dyn Loader, loader_label: &str) -> Result
         }
     };
     let next = AtomicUsize::new(0);
-    let workers = if p.topology.sequential {
+    let workers = if p.topology.sequential || loader.sequential_flows() {
         1
     } else {
         flows.len().clamp(1, MAX_PARALLEL_FLOWS)
