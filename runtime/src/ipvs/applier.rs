@@ -545,20 +545,24 @@ impl IpvsApplier {
         Ok(())
     }
 
+    /// The addresses on svcc-ipvs0 now (none when the interface does not exist).
+    fn dummy_addresses(&mut self) -> Result<BTreeSet<IpAddr>, IpvsError> {
+        let Some(i) = self.links.index(DUMMY)? else {
+            return Ok(BTreeSet::new());
+        };
+        Ok(self
+            .links
+            .addresses()?
+            .into_iter()
+            .filter(|a| a.index == i)
+            .map(|a| a.addr)
+            .collect())
+    }
+
     /// What [`apply`](Self::apply) would change, one `ipvsadm`/`ip` command per line, read from
     /// the kernel (dumps everything svcc owns; changes nothing).
     pub fn diff(&mut self, want: &Desired) -> Result<Vec<String>, IpvsError> {
-        let dummy_index = self.links.index(DUMMY)?;
-        let on_dummy: BTreeSet<IpAddr> = match dummy_index {
-            Some(i) => self
-                .links
-                .addresses()?
-                .into_iter()
-                .filter(|a| a.index == i)
-                .map(|a| a.addr)
-                .collect(),
-            None => BTreeSet::new(),
-        };
+        let on_dummy = self.dummy_addresses()?;
         let (current, _) = self.dump_owned(&on_dummy, |_| true)?;
         let mut out = Vec::new();
         let host = |a: &IpAddr| match a {
@@ -635,17 +639,7 @@ impl IpvsApplier {
     /// Removes svcc's virtual servers (record + those on svcc-ipvs0), the dummy interface and
     /// the glue tables; nothing else. Returns the number of virtual servers deleted.
     pub fn cleanup(&mut self) -> Result<usize, IpvsError> {
-        let dummy_index = self.links.index(DUMMY)?;
-        let on_dummy: BTreeSet<IpAddr> = match dummy_index {
-            Some(i) => self
-                .links
-                .addresses()?
-                .into_iter()
-                .filter(|a| a.index == i)
-                .map(|a| a.addr)
-                .collect(),
-            None => BTreeSet::new(),
-        };
+        let on_dummy = self.dummy_addresses()?;
         let (mine, _) = self.dump_owned(&on_dummy, |_| false)?;
         // Unreachable first (the interface and its addresses), then the servers, then glue.
         self.links.delete_dummy()?;
