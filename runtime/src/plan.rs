@@ -434,7 +434,14 @@ pub fn full<'m>(
     }
 }
 
-/// A whole table in nft's order: table, chains, each set with its elements, rules.
+/// A whole table: table, chains, sets, rules, then the sets' elements.
+///
+/// Elements go last (nft -f sends each set's elements with the set, before the rules): when a
+/// rule binds a map (`dnat … map @endpoints-k`, `vmap @service-ips`), the kernel walks the map's
+/// elements to check them against the binding (`nf_tables_bind_set`), once per binding rule,
+/// while an element added to an already bound map is checked against each binding without a
+/// walk. With 16 service ports bound to each endpoint map, the walks were ≈ 30 % of the
+/// kernel's time for a 10k-service load (perf, docs/PERFORMANCE.md).
 fn push_table<'m>(ops: &mut Vec<Op<'m>>, t: &'m Table, marker: Vec<u8>) {
     let (fam, tn) = (t.family, t.name.as_str());
     ops.push(Op::AddTable { table: t, marker });
@@ -451,6 +458,11 @@ fn push_table<'m>(ops: &mut Vec<Op<'m>>, t: &'m Table, marker: Vec<u8>) {
             table: tn,
             set: s,
         });
+    }
+    for c in &t.chains {
+        add_rules(ops, fam, tn, c);
+    }
+    for s in &t.sets {
         if !s.elements.is_empty() {
             ops.push(Op::AddElems {
                 fam,
@@ -459,9 +471,6 @@ fn push_table<'m>(ops: &mut Vec<Op<'m>>, t: &'m Table, marker: Vec<u8>) {
                 elems: s.elements.iter().collect(),
             });
         }
-    }
-    for c in &t.chains {
-        add_rules(ops, fam, tn, c);
     }
 }
 
