@@ -47,11 +47,34 @@ impl ServiceIndex {
 }
 
 struct FileState {
-    source: Source,
+    name: String,
+    text: PackedText,
     parsed: Parsed,
     /// Parse diagnostics, already located.
     diags: Vec<Diagnostic>,
     index: ServiceIndex,
+}
+
+/// A file's text, LZ4-compressed. The session reads it again only to locate diagnostics (a
+/// replay of the YAML, `manifest::locate`) and to tell whether a new version differs; YAML
+/// compresses ≈ 8×, and at 10k Services the text is 18 MB that `svcc run` would otherwise
+/// keep for as long as it runs (docs/PERFORMANCE.md, memory).
+#[derive(PartialEq, Eq)]
+struct PackedText(Box<[u8]>);
+
+impl PackedText {
+    fn new(text: &str) -> PackedText {
+        PackedText(lz4_flex::compress_prepend_size(text.as_bytes()).into_boxed_slice())
+    }
+
+    fn source(&self, name: &str) -> Source {
+        let bytes = lz4_flex::decompress_size_prepended(&self.0)
+            .expect("the session's own compressed text decompresses");
+        Source {
+            name: name.to_string(),
+            text: String::from_utf8(bytes).expect("it was a str"),
+        }
+    }
 }
 
 /// What changed since the last compile.
@@ -135,11 +158,9 @@ impl Session {
 
     /// Adds or replaces a file; returns false (and does nothing) when its text is unchanged.
     pub fn set_file(&mut self, source: Source) -> bool {
-        if self
-            .files
-            .get(&source.name)
-            .is_some_and(|f| f.source.text == source.text)
-        {
+        // LZ4 is deterministic: equal compressed bytes are equal texts.
+        let text = PackedText::new(&source.text);
+        if self.files.get(&source.name).is_some_and(|f| f.text == text) {
             return false;
         }
         let mut diags = Vec::new();
@@ -147,23 +168,24 @@ impl Session {
         manifest::locate(&mut diags, std::slice::from_ref(&source));
         let index = index_services(&parsed);
         let state = FileState {
-            source,
+            name: source.name,
+            text,
             parsed,
             diags,
             index,
         };
-        let change = object_change(self.files.get(&state.source.name), Some(&state));
+        let change = object_change(self.files.get(&state.name), Some(&state));
         self.mark(change);
-        if let Some(old) = self.files.get(&state.source.name) {
-            unhold(&mut self.holders, &old.index, &state.source.name);
+        if let Some(old) = self.files.get(&state.name) {
+            unhold(&mut self.holders, &old.index, &state.name);
         }
         for k in service_keys(&state.index) {
             self.holders
                 .entry(k.clone())
                 .or_default()
-                .insert(state.source.name.clone());
+                .insert(state.name.clone());
         }
-        self.files.insert(state.source.name.clone(), state);
+        self.files.insert(state.name.clone(), state);
         true
     }
 
@@ -454,7 +476,7 @@ impl Session {
             files
                 .iter()
                 .filter_map(|n| self.files.get(*n))
-                .map(|f| f.source.clone())
+                .map(|f| f.text.source(&f.name))
                 .collect()
         };
         let c = self.compiled.as_mut().expect("compiled");
@@ -507,8 +529,8 @@ impl Session {
         let sources: Vec<Source> = self
             .files
             .values()
-            .filter(|f| with_diags.contains(f.source.name.as_str()))
-            .map(|f| f.source.clone())
+            .filter(|f| with_diags.contains(f.name.as_str()))
+            .map(|f| f.text.source(&f.name))
             .collect();
         manifest::locate(diags, &sources);
     }
