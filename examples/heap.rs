@@ -47,7 +47,10 @@ fn main() {
     let mut s = Session::new(settings);
     s.set_file(Source { name: path, text });
     let l1 = LIVE.load(Ordering::Relaxed);
-    println!("session after set_file (text + parsed objects + index): {}", mib(l1));
+    println!(
+        "session after set_file (text + parsed objects + index): {}",
+        mib(l1)
+    );
     let out = s.compile();
     let l2 = LIVE.load(Ordering::Relaxed);
     println!("after compile (session state + output): {}", mib(l2));
@@ -64,5 +67,8 @@ fn main() {
     println!("nft model (applier keeps it): {}", mib(l4 - l5));
     println!("session (files + compiled state): {}", mib(l5));
     drop(s);
-    println!("after dropping the session: {}", mib(LIVE.load(Ordering::Relaxed)));
+    println!(
+        "after dropping the session: {}",
+        mib(LIVE.load(Ordering::Relaxed))
+    );
 }

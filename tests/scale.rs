@@ -1,18 +1,21 @@
-//! No set or map per service or endpoint: a cluster loaded into the kernel holds the 12 fixed
-//! sets/maps plus its endpoint maps, one per 16 service ports at most (a power of two, at most
-//! 1,024: see `nft::build::endpoint_shards`), whatever its number of endpoints (the layout's
-//! promise, and the reason loads stay linear). Real kernel, throwaway network namespace.
+//! No set or map per service or endpoint: a cluster loaded into the kernel holds the 11 fixed
+//! sets/maps plus its endpoint maps, one per 64 service ports at most (a power of two: see
+//! `nft::build::endpoint_shards`), and one affinity map per 8 endpoint maps, whatever its number
+//! of endpoints (the layout's promise, and the reason loads stay linear). Real kernel,
+//! throwaway network namespace.
 
 #[path = "../fixtures/gen/cluster.rs"]
 mod cluster;
 
 use std::process::Command;
 
-use svcc_compiler::nft::build::endpoint_shards;
+use svcc_compiler::nft::build::{
+    endpoint_shards, AFFINITY_SHARD_GROUP, SERVICE_PORTS_PER_ENDPOINT_MAP as PER_MAP,
+};
 use svcc_compiler::{compile, CompileOptions, NodeSettings, Source};
 
-/// The fixed sets and maps of a table, endpoint maps aside.
-const FIXED_SETS: usize = 12;
+/// The fixed sets and maps of a table, endpoint and affinity maps aside.
+const FIXED_SETS: usize = 11;
 
 /// A network namespace removed on drop (also when the test panics).
 struct Netns(String);
@@ -106,12 +109,18 @@ fn set_and_map_count_is_independent_of_endpoints_and_bounded() {
         (dense_sets, dense_ports),
         (big_sets, big_ports),
     ] {
+        let shards = endpoint_shards(ports);
         assert_eq!(
             sets,
-            FIXED_SETS + endpoint_shards(ports),
-            "{ports} service ports: 12 fixed sets/maps + endpoint maps"
+            FIXED_SETS + shards + (shards / AFFINITY_SHARD_GROUP).max(1),
+            "{ports} service ports: 11 fixed sets/maps + endpoint maps + affinity maps"
         );
-        assert!(ports.div_ceil(16) <= endpoint_shards(ports));
-        assert!(endpoint_shards(ports) < ports.div_ceil(16) * 2);
+        assert!(ports.div_ceil(PER_MAP) <= shards);
+        assert!(shards < ports.div_ceil(PER_MAP) * 2);
     }
+    // The big cluster has several affinity maps (and loaded: every rule's map exists).
+    assert!(
+        endpoint_shards(big_ports) / AFFINITY_SHARD_GROUP > 1,
+        "{big_ports} ports"
+    );
 }

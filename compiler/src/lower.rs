@@ -9,13 +9,12 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::config::{NodePortAddresses, NodeSettings};
 use crate::diag::{Diagnostic, Origin, PathSeg, Severity};
 use crate::family::{Family, L4Proto};
 use crate::ir::*;
-use crate::manifest::{Object, Parsed};
+use crate::manifest::{Object, Parsed, Slice};
 use crate::validate;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -160,7 +159,7 @@ pub(crate) fn lower_tracked<'a>(
     let mut services: Vec<Svc> = Vec::new();
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
     let mut node_ports: HashMap<(L4Proto, u16), String> = HashMap::new();
-    let mut slices: BTreeMap<(String, String), Vec<(&Origin, &EndpointSlice)>> = BTreeMap::new();
+    let mut slices: BTreeMap<(String, String), Vec<(&Origin, &Slice)>> = BTreeMap::new();
     let mut legacy: BTreeMap<(String, String), (&Origin, &Endpoints)> = BTreeMap::new();
     // Every Service in the input, lowered or not (headless, ExternalName, invalid …).
     let mut present: HashSet<SvcKey> = HashSet::new();
@@ -428,7 +427,7 @@ pub(crate) fn lower_tracked<'a>(
 
 /// The endpoints of one Service: from its EndpointSlices, else from its legacy Endpoints.
 pub(crate) fn service_endpoints(
-    slices: &[(&Origin, &EndpointSlice)],
+    slices: &[(&Origin, &Slice)],
     legacy: Option<(&Origin, &Endpoints)>,
     diags: &mut Vec<Diagnostic>,
 ) -> EpMap {
@@ -1080,7 +1079,7 @@ fn report(
 /// discovery/validation's `ValidateEndpointSlice` for the fields svcc reads, plus the
 /// `kubernetes.io/service-name` label value (`metav1validation.ValidateLabels`). Protocols
 /// and the first address of each endpoint are checked where they are read.
-fn slice_problems(es: &EndpointSlice) -> Vec<(Vec<PathSeg>, String)> {
+fn slice_problems(es: &Slice) -> Vec<(Vec<PathSeg>, String)> {
     let mut out = Vec::new();
     meta_problems(&es.metadata, validate::object_name, &mut out);
     if let Some(v) = es
@@ -1326,11 +1325,7 @@ fn meta_problems(
 
 /// A slice's label (`EndpointSlice ns/name`) if lowering uses it: not labelled for another
 /// proxy (kube-proxy never sees it), and nothing the API server would refuse (reported).
-fn usable_slice(
-    diags: &mut Vec<Diagnostic>,
-    origin: &Origin,
-    es: &EndpointSlice,
-) -> Option<String> {
+fn usable_slice(diags: &mut Vec<Diagnostic>, origin: &Origin, es: &Slice) -> Option<String> {
     if ignored_by_label(&es.metadata).is_some() {
         return None;
     }
@@ -1342,7 +1337,7 @@ fn usable_slice(
     (!report(diags, origin, &obj, slice_problems(es))).then_some(obj)
 }
 
-fn collect_slices(list: &[(&Origin, &EndpointSlice)], diags: &mut Vec<Diagnostic>) -> EpMap {
+fn collect_slices(list: &[(&Origin, &Slice)], diags: &mut Vec<Diagnostic>) -> EpMap {
     let mut map = EpMap::new();
     for (origin, es) in list {
         let Some(obj) = usable_slice(diags, origin, es) else {
@@ -1901,7 +1896,7 @@ fn family_ports(
 /// Slices of a Service that is not lowered: a warning each (kube-proxy ignores them too).
 pub(crate) fn orphan_slices(
     k: &SvcKey,
-    list: &[(&Origin, &EndpointSlice)],
+    list: &[(&Origin, &Slice)],
     service_present: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
@@ -1940,7 +1935,7 @@ pub(crate) struct LoweredService {
 pub(crate) fn lower_service(
     service: Option<(&Origin, &Service)>,
     k: &SvcKey,
-    slices: &[(&Origin, &EndpointSlice)],
+    slices: &[(&Origin, &Slice)],
     legacy: Option<(&Origin, &Endpoints)>,
     families: &[&FamilyIr],
     settings: &NodeSettings,

@@ -39,6 +39,8 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const FIREWALL_ALLOW: &str = "firewall-allow";
+/// ClientIP affinity, `client . proto . frontend . port -> endpoint`, one map per endpoint-map
+/// shard when there are several ([`affinity_map`]).
 pub const AFFINITY: &str = "affinity";
 pub const HAIRPIN: &str = "hairpin";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
@@ -55,24 +57,44 @@ pub const MAX_ENDPOINT_SHARDS: usize = 1 << 16;
 /// The name of shard `shard` of `shards` endpoint maps: [`ENDPOINTS`] alone, else
 /// `endpoints-<shard>`.
 pub fn endpoints_map(shard: usize, shards: usize) -> &'static str {
-    // Names are made once, when first needed (a table holds up to MAX_ENDPOINT_SHARDS).
-    static NAMES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
-    assert!(
-        shard < shards && shards <= MAX_ENDPOINT_SHARDS,
-        "shard {shard} of {shards}"
-    );
-    if shards == 1 {
-        return ENDPOINTS;
+    static NAMES: ShardNames = ShardNames::new();
+    NAMES.get(ENDPOINTS, shard, shards)
+}
+
+/// The name of the affinity map of endpoint-map shard `shard` of `shards`: [`AFFINITY`] alone,
+/// else `affinity-<shard>`.
+pub fn affinity_map(shard: usize, shards: usize) -> &'static str {
+    static NAMES: ShardNames = ShardNames::new();
+    NAMES.get(AFFINITY, shard, shards)
+}
+
+/// Names `<prefix>-<shard>`, made once, when first needed (a table holds up to
+/// MAX_ENDPOINT_SHARDS of each).
+struct ShardNames(std::sync::RwLock<Vec<&'static str>>);
+
+impl ShardNames {
+    const fn new() -> ShardNames {
+        ShardNames(std::sync::RwLock::new(Vec::new()))
     }
-    if let Some(n) = NAMES.read().unwrap_or_else(|e| e.into_inner()).get(shard) {
-        return n;
+
+    fn get(&self, prefix: &'static str, shard: usize, shards: usize) -> &'static str {
+        assert!(
+            shard < shards && shards <= MAX_ENDPOINT_SHARDS,
+            "shard {shard} of {shards}"
+        );
+        if shards == 1 {
+            return prefix;
+        }
+        if let Some(n) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(shard) {
+            return n;
+        }
+        let mut names = self.0.write().unwrap_or_else(|e| e.into_inner());
+        while names.len() < shards {
+            let i = names.len();
+            names.push(Box::leak(format!("{prefix}-{i}").into_boxed_str()));
+        }
+        names[shard]
     }
-    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
-    while names.len() < shards {
-        let i = names.len();
-        names.push(Box::leak(format!("{ENDPOINTS}-{i}").into_boxed_str()));
-    }
-    names[shard]
 }
 
 /// Room left for the `<prefix>-<HASH8>-` part within nft's 256-byte chain names, as kube-proxy.

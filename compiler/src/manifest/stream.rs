@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::value::{MapAccessDeserializer, StrDeserializer, StringDeserializer};
 use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -182,7 +183,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
             Some(ObjectKind::EndpointSlice) => push(
                 self.out,
                 self.origin,
-                Object::EndpointSlice(Box::new(Deserialize::deserialize(de)?)),
+                Object::EndpointSlice(Box::new(EndpointSlice::deserialize(de)?.into())),
             ),
             Some(ObjectKind::Endpoints) => push(
                 self.out,

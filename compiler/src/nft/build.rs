@@ -1,13 +1,13 @@
 //! The optimizer: IR → nft object model.
 //!
 //! Layout (see docs/ARCHITECTURE.md, "The nftables layout"): a fixed list of named sets and
-//! maps plus the endpoint maps (one per 16 service ports at most) — never one per service or
-//! endpoint — so that loading stays linear in the number of services and per-packet dispatch
+//! maps plus the endpoint maps (one per 64 service ports at most) and the affinity maps (one
+//! per 8 endpoint maps) — never one per service or endpoint — so that loading stays linear in the number of services and per-packet dispatch
 //! is one verdict-map lookup whatever their number. Per service port there are at most three
 //! chains (cluster, local, external); a cluster or local chain is one rule that DNATs to an
 //! element `ID . random slot` of an endpoint map, so an endpoint replaced by another changes
-//! map elements only (ClientIP affinity aside: per-endpoint rules). Hairpin, affinity and
-//! masquerade decisions each live in one shared set or map, consulted from one place.
+//! map elements only (ClientIP affinity aside: per-endpoint rules). Hairpin and masquerade
+//! decisions each live in one shared set, consulted from one place.
 //!
 //! [`build`] is [`skeleton`] plus the [`service_port_parts`] of every service port (what an
 //! incremental writer can use piece by piece), with the ids of [`endpoint_ids`].
@@ -101,7 +101,7 @@ const AFFINITY_KEY: [Field; 4] = [Field::Saddr, Field::L4Proto, Field::Daddr, Fi
 /// (FNV-1a of the name) modulo that, or on a collision the next free value (linear probing,
 /// service ports in sorted order, cluster before local): deterministic, and an unrelated
 /// service changes an existing id only if it collides with it (about n / (shards x 2^16), a
-/// few in 10,000 with 16 service ports per map) or changes the number of maps.
+/// dozen in 10,000 with 64 service ports per map) or changes the number of maps.
 ///
 /// The elements of id `i` live in endpoint map `i % shards` ([`EndpointIds::map`]), at the
 /// keys `base(i) ..= base(i) + 2^16 - 1` with `base(i) = (i / shards) x 2^16`
@@ -159,6 +159,21 @@ impl EndpointIds {
     pub fn maps(&self) -> impl Iterator<Item = &'static str> + '_ {
         let k = self.shards();
         (0..k).map(move |i| names::endpoints_map(i, k))
+    }
+    /// How many affinity maps the family has: one per [`AFFINITY_SHARD_GROUP`] endpoint maps.
+    pub fn affinity_shards(&self) -> usize {
+        (self.shards() / AFFINITY_SHARD_GROUP).max(1)
+    }
+    /// The affinity map of the service port whose cluster id is `id` (a group of endpoint-map
+    /// shards: ids of one endpoint map share their affinity map).
+    pub fn affinity_map(&self, id: u32) -> &'static str {
+        let k = self.affinity_shards();
+        names::affinity_map(id as usize % k, k)
+    }
+    /// Every affinity map, in declaration order.
+    pub fn affinity_maps(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let k = self.affinity_shards();
+        (0..k).map(move |i| names::affinity_map(i, k))
     }
     /// The number of service ports.
     pub fn len(&self) -> usize {
@@ -264,20 +279,33 @@ pub fn slot_range(i: usize, n: usize) -> (u32, u32) {
 
 /// Service ports per endpoint map, at most (below the cap of
 /// [`names::MAX_ENDPOINT_SHARDS`] maps).
-pub const SERVICE_PORTS_PER_ENDPOINT_MAP: usize = 16;
+pub const SERVICE_PORTS_PER_ENDPOINT_MAP: usize = 64;
+
+/// Endpoint maps per affinity map (so ≤ 8 × 64 service ports bind each affinity map).
+///
+/// The rule `dnat … map @affinity…` that starts every ClientIP service chain binds its map, and
+/// the kernel, at each such binding, walks the list of the map's bindings so far, the
+/// `update @affinity…` of every endpoint rule included (`nf_tables_bind_set`): with one
+/// affinity map that walk was quadratic in the cluster (8 % of the busy time of a 30k-service
+/// load). More maps shorten it but cost every rule's set lookup by name, a walk of the
+/// table's sets (`nft_set_lookup_global`), and each endpoint rule of a ClientIP service looks
+/// one up: one affinity map per 8 endpoint maps keeps both walks short (docs/PERFORMANCE.md).
+pub const AFFINITY_SHARD_GROUP: usize = 8;
 
 /// How many endpoint maps (shards) a family with `service_ports` service ports has: the
 /// smallest power of two giving each at most [`SERVICE_PORTS_PER_ENDPOINT_MAP`] service
 /// ports, between 1 and [`names::MAX_ENDPOINT_SHARDS`].
 ///
-/// Why not one map: every service chain's rule binds the map it looks up, and the kernel
-/// walks all elements of a map each time a chain binds it for the first time, and checks
-/// every binding of a map each time an element is added (nf_tables_bind_set,
-/// nft_add_set_elem): loading is O(bindings x elements) per map. One map for 10k services /
-/// 100k endpoints made `nft -f` take 186 s (kernel time), against 3-5 s for per-endpoint
-/// rules; maps of at most 16 service ports keep that term small and linear in the size of
-/// the cluster. A power of two, so that the count (and every map name) changes only when the
-/// number of service ports crosses 16 x 2^k.
+/// Why not one map: every service chain's rule binds the map it looks up; the kernel walks all
+/// elements of a map each time a chain binds it (nf_tables_bind_set: the applier adds the
+/// elements after the rules, but `nft -f` and a Service added later do not), and checks every
+/// binding of a map each time an element is added (nft_add_set_elem): O(bindings x elements)
+/// per map. One map for 10k services / 100k endpoints made `nft -f` take 186 s of kernel
+/// time. Why not one map per service port: each rule finds its map by name on a walk of the
+/// table's sets (nft_set_lookup_global), O(rules x sets) for a load. 64 service ports per map
+/// balance the two (at 30k services the load's kernel time went 5.3 s -> 3.3 s from 16 to
+/// 64; docs/PERFORMANCE.md). A power of two, so that the count (and every map name) changes
+/// only when the number of service ports crosses 64 x 2^k.
 pub fn endpoint_shards(service_ports: usize) -> usize {
     service_ports
         .div_ceil(SERVICE_PORTS_PER_ENDPOINT_MAP)
@@ -380,9 +408,15 @@ pub fn skeleton(f: &FamilyIr, ids: &EndpointIds) -> Table {
             s.flags.interval = true;
             s
         },
-        {
+    ];
+    // IPv6 keeps kube-proxy's per-endpoint affinity sets (see `endpoint_rules`). Before the
+    // endpoint maps: a rule finds its set by name on a walk of the table's sets from the
+    // first, and each endpoint rule of a ClientIP service looks up its affinity map, where a
+    // service chain looks up one endpoint map.
+    if fam == Family::Ip {
+        sets.extend(ids.affinity_maps().map(|name| {
             let mut s = set(
-                names::AFFINITY,
+                name,
                 vec![addr, DataType::InetProto, addr, DataType::InetService],
                 Some(SetData::Values(vec![addr, DataType::InetService])),
                 "ClientIP session affinity: client . proto . frontend . port -> endpoint",
@@ -391,8 +425,8 @@ pub fn skeleton(f: &FamilyIr, ids: &EndpointIds) -> Table {
             s.flags.timeout = true;
             s.size = Some(AFFINITY_SIZE);
             s
-        },
-    ];
+        }));
+    }
     sets.extend(ids.maps().map(|name| {
         let mut s = set(
             name,
@@ -737,8 +771,8 @@ fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
 ///
 /// With ClientIP affinity: kube-proxy-like per-endpoint rules, as nft 1.0.6 cannot use a
 /// map lookup as the data of `update @affinity { … }`. The service chain first tries
-/// `dnat … map @affinity`; each endpoint rule `update`s it. IPv6 cannot use the shared
-/// `affinity` map either: nft 1.0.6 fails to linearize a dynamic-map update whose
+/// `dnat … map @affinity…` (`affinity`: the port's affinity map, [`EndpointIds::affinity_map`]);
+/// each endpoint rule `update`s it. IPv6 cannot use the affinity maps either: nft 1.0.6 fails to linearize a dynamic-map update whose
 /// concatenated key is wider than 16 bytes (an assertion in netlink_linearize.c), so IPv6
 /// services with affinity use kube-proxy's layout, one dynamic set of clients per endpoint
 /// (`affinity6-…`), returned in `extra_sets`.
@@ -748,6 +782,7 @@ fn endpoint_rules(
     eps: &[Backend],
     base: u32,
     map: &'static str,
+    affinity: &'static str,
     elements: &mut Vec<(&'static str, Element)>,
     extra_sets: &mut Vec<Set>,
 ) -> Vec<Rule> {
@@ -812,7 +847,7 @@ fn endpoint_rules(
             Rule::new()
                 .s(Stmt::DnatMap {
                     key: AFFINITY_KEY.to_vec(),
-                    map: names::AFFINITY.into(),
+                    map: affinity.into(),
                 })
                 .comment("session affinity: the endpoint this client used before"),
         );
@@ -834,7 +869,7 @@ fn endpoint_rules(
             })
         } else {
             r.s(Stmt::Update {
-                set: names::AFFINITY.into(),
+                set: affinity.into(),
                 key: AFFINITY_KEY.to_vec(),
                 timeout: t,
                 data: vec![Value::Addr(ep.addr), Value::Port(ep.port)],
@@ -895,6 +930,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
             &b.cluster,
             ids.base(id(EndpointSet::Cluster)),
             ids.map(id(EndpointSet::Cluster)),
+            ids.affinity_map(id(EndpointSet::Cluster)),
             &mut elements,
             &mut extra_sets,
         );
@@ -912,6 +948,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
             &b.local,
             ids.base(id(EndpointSet::Local)),
             ids.map(id(EndpointSet::Local)),
+            ids.affinity_map(id(EndpointSet::Cluster)),
             &mut elements,
             &mut extra_sets,
         );
@@ -1405,12 +1442,14 @@ mod tests {
     #[test]
     fn shard_counts() {
         assert_eq!(endpoint_shards(0), 1);
-        assert_eq!(endpoint_shards(16), 1);
-        assert_eq!(endpoint_shards(17), 2);
-        assert_eq!(endpoint_shards(12_000), 1024);
-        assert_eq!(endpoint_shards(1_000_000), names::MAX_ENDPOINT_SHARDS);
+        assert_eq!(endpoint_shards(64), 1);
+        assert_eq!(endpoint_shards(65), 2);
+        assert_eq!(endpoint_shards(12_000), 256);
+        assert_eq!(endpoint_shards(10_000_000), names::MAX_ENDPOINT_SHARDS);
         assert_eq!(names::endpoints_map(0, 1), "endpoints");
         assert_eq!(names::endpoints_map(5, 8), "endpoints-5");
+        assert_eq!(names::affinity_map(0, 1), "affinity");
+        assert_eq!(names::affinity_map(3, 4), "affinity-3");
     }
 
     fn spn(name: &str) -> ServicePortName {
@@ -1463,10 +1502,10 @@ mod tests {
         );
         // Unrelated services change nothing (while the number of maps stays); the ids are a
         // function of the names and of the number of maps.
-        let base: Vec<ServicePortName> = (0..50).map(|i| spn(&format!("svc-{i}"))).collect();
+        let base: Vec<ServicePortName> = (0..200).map(|i| spn(&format!("svc-{i}"))).collect();
         let ids1 = endpoint_ids(&family_of(&base));
         let mut more = base.clone();
-        more.extend((0..14).map(|i| spn(&format!("other-{i}"))));
+        more.extend((0..50).map(|i| spn(&format!("other-{i}"))));
         let ids2 = endpoint_ids(&family_of(&more));
         assert_eq!((ids1.shards(), ids2.shards()), (4, 4));
         let mask = 4 * ENDPOINT_SLOTS - 1;
