@@ -758,6 +758,15 @@ fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
     }
 }
 
+/// Where a chain's endpoints live: its endpoint map and first key there
+/// ([`EndpointIds::map`], [`EndpointIds::base`]), and its affinity map.
+#[derive(Clone, Copy)]
+struct EndpointMaps {
+    base: u32,
+    map: &'static str,
+    affinity: &'static str,
+}
+
 /// The rules of a chain that picks one of `eps` uniformly at random, and the elements of
 /// `@endpoints` they pick from.
 ///
@@ -780,12 +789,15 @@ fn endpoint_rules(
     fam: Family,
     sp: &ServicePort,
     eps: &[Backend],
-    base: u32,
-    map: &'static str,
-    affinity: &'static str,
+    maps: EndpointMaps,
     elements: &mut Vec<(&'static str, Element)>,
     extra_sets: &mut Vec<Set>,
 ) -> Vec<Rule> {
+    let EndpointMaps {
+        base,
+        map,
+        affinity,
+    } = maps;
     let Some(t) = sp.policy.affinity_timeout else {
         let spn = comment(sp.name.to_string());
         // More endpoints than slots would leave some with an empty range: they get none.
@@ -928,9 +940,11 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
             f.family,
             sp,
             &b.cluster,
-            ids.base(id(EndpointSet::Cluster)),
-            ids.map(id(EndpointSet::Cluster)),
-            ids.affinity_map(id(EndpointSet::Cluster)),
+            EndpointMaps {
+                base: ids.base(id(EndpointSet::Cluster)),
+                map: ids.map(id(EndpointSet::Cluster)),
+                affinity: ids.affinity_map(id(EndpointSet::Cluster)),
+            },
             &mut elements,
             &mut extra_sets,
         );
@@ -946,9 +960,11 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
             f.family,
             sp,
             &b.local,
-            ids.base(id(EndpointSet::Local)),
-            ids.map(id(EndpointSet::Local)),
-            ids.affinity_map(id(EndpointSet::Cluster)),
+            EndpointMaps {
+                base: ids.base(id(EndpointSet::Local)),
+                map: ids.map(id(EndpointSet::Local)),
+                affinity: ids.affinity_map(id(EndpointSet::Cluster)),
+            },
             &mut elements,
             &mut extra_sets,
         );
