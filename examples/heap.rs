@@ -43,12 +43,12 @@ fn main() {
         ..Default::default()
     };
     let l0 = LIVE.load(Ordering::Relaxed);
-    println!("text: {}", mib(l0));
+    println!("input text read: {}", mib(l0));
     let mut s = Session::new(settings);
     s.set_file(Source { name: path, text });
     let l1 = LIVE.load(Ordering::Relaxed);
     println!(
-        "session after set_file (text + parsed objects + index): {}",
+        "session after set_file (compressed text + parsed objects + index): {}",
         mib(l1)
     );
     let out = s.compile();

@@ -56,9 +56,9 @@ struct FileState {
 }
 
 /// A file's text, LZ4-compressed. The session reads it again only to locate diagnostics (a
-/// replay of the YAML, `manifest::locate`) and to tell whether a new version differs; YAML
-/// compresses ≈ 8×, and at 10k Services the text is 18 MB that `svcc run` would otherwise
-/// keep for as long as it runs (docs/PERFORMANCE.md, memory).
+/// replay of the YAML, `manifest::locate`) and to tell whether a new version differs. At 10k
+/// Services the text is 17.6 MB that `svcc run` would otherwise keep for as long as it runs;
+/// compressed, 1.6 MB (docs/PERFORMANCE.md, memory).
 #[derive(PartialEq, Eq)]
 struct PackedText(Box<[u8]>);
 
