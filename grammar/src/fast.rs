@@ -650,7 +650,13 @@ fn set_flags(c: &mut Cur, f: &mut SetFlags) -> Option<()> {
 fn element(c: &mut Cur, s: &Set) -> Option<Element> {
     let key = typed_values(c, &s.key)?;
     let comment = if c.lit(" comment ") {
-        Some(c.string()?.to_string())
+        let text = c.string()?;
+        // The elements of one service port are consecutive and share their comment (as in
+        // the compiler's model: one allocation per service port, not per element).
+        match s.elements.last().and_then(|e| e.comment.as_ref()) {
+            Some(prev) if **prev == *text => Some(prev.clone()),
+            _ => Some(text.into()),
+        }
     } else {
         None
     };

@@ -50,6 +50,13 @@ fn norm_comment(c: &mut Option<String>) {
     }
 }
 
+fn norm_elem_comment(c: &mut Option<std::sync::Arc<str>>) {
+    if let Some(s) = c {
+        let q = quote(s);
+        *s = q[1..q.len() - 1].into();
+    }
+}
+
 fn normalize_table(t: &mut Table) {
     norm_comment(&mut t.comment);
     let updated: HashSet<String> = t
@@ -89,7 +96,7 @@ fn normalize_set(s: &mut Set, updated: bool) {
         s.elements.clear();
     }
     for e in &mut s.elements {
-        norm_comment(&mut e.comment);
+        norm_elem_comment(&mut e.comment);
         e.key.iter_mut().for_each(normalize_value);
         if let Some(ElemData::Values(v)) = &mut e.data {
             v.iter_mut().for_each(normalize_value);

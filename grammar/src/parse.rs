@@ -489,7 +489,7 @@ fn element(p: Pair<R>, s: &Set) -> Res<Element> {
     Ok(Element {
         key: key.unwrap(),
         data,
-        comment: comment_,
+        comment: comment_.map(Into::into),
     })
 }
 

@@ -234,7 +234,11 @@ fn clean_comments(mut m: Ruleset) -> Ruleset {
         c(&mut t.comment);
         for s in &mut t.sets {
             c(&mut s.comment);
-            s.elements.iter_mut().for_each(|e| c(&mut e.comment));
+            s.elements.iter_mut().for_each(|e| {
+                let mut t = e.comment.as_deref().map(String::from);
+                c(&mut t);
+                e.comment = t.map(Into::into);
+            });
         }
         for ch in &mut t.chains {
             c(&mut ch.comment);

@@ -128,7 +128,7 @@ fn model(elements: u32, services: u32) -> Ruleset {
                 "svc-{}",
                 i % services
             )))),
-            comment: Some(format!("ns/svc-{i}:http")),
+            comment: Some(format!("ns/svc-{i}:http").into()),
         })
         .collect();
     let map = Set {

@@ -820,7 +820,9 @@ fn textual(m: &svcc_compiler::nft::model::Ruleset) -> svcc_compiler::nft::model:
         for s in &mut t.sets {
             q(&mut s.comment);
             for e in &mut s.elements {
-                q(&mut e.comment);
+                let mut t = e.comment.as_deref().map(String::from);
+                q(&mut t);
+                e.comment = t.map(Into::into);
             }
         }
         for c in &mut t.chains {

@@ -154,7 +154,7 @@ fn elem(key: Vec<Value>, data: Option<ElemData>, comment: Option<&str>) -> Eleme
     Element {
         key,
         data,
-        comment: comment.map(truncated),
+        comment: comment.map(|c| truncated(c).into()),
     }
 }
 

@@ -56,6 +56,13 @@ fn comment(s: impl Into<String>) -> Option<String> {
     Some(s)
 }
 
+/// An element's comment: built once per service port and shared by its elements.
+type Comment = Option<Arc<str>>;
+
+fn elem_comment(s: impl Into<String>) -> Comment {
+    comment(s).map(Arc::from)
+}
+
 fn set(name: &str, key: Vec<DataType>, data: Option<SetData>, c: &str) -> Set {
     Set {
         name: name.into(),
@@ -742,19 +749,19 @@ fn base_chains(f: &FamilyIr, has_detector: bool, mark: u32) -> Vec<Chain> {
     ]
 }
 
-fn elem3(addr: IpAddr, proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
+fn elem3(addr: IpAddr, proto: L4Proto, port: u16, data: ElemData, c: &Comment) -> Element {
     Element {
         key: vec![Value::Addr(addr), Value::Proto(proto), Value::Port(port)],
         data: Some(data),
-        comment: comment(c),
+        comment: c.clone(),
     }
 }
 
-fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &str) -> Element {
+fn elem2(proto: L4Proto, port: u16, data: ElemData, c: &Comment) -> Element {
     Element {
         key: vec![Value::Proto(proto), Value::Port(port)],
         data: Some(data),
-        comment: comment(c),
+        comment: c.clone(),
     }
 }
 
@@ -799,7 +806,7 @@ fn endpoint_rules(
         affinity,
     } = maps;
     let Some(t) = sp.policy.affinity_timeout else {
-        let spn = comment(sp.name.to_string());
+        let spn = elem_comment(sp.name.to_string());
         // More endpoints than slots would leave some with an empty range: they get none.
         let eps = &eps[..eps.len().min(ENDPOINT_SLOTS as usize)];
         elements.extend(eps.iter().enumerate().map(|(i, ep)| {
@@ -913,6 +920,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
         })
     };
     let spn = sp.name.to_string();
+    let ec = elem_comment(&spn);
     let proto = sp.protocol;
     let b = &sp.backends;
     let pol = &sp.policy;
@@ -1066,13 +1074,13 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
                             proto,
                             fe.port,
                             ElemData::Verdict(goto(policy_chain(c))),
-                            &spn,
+                            &ec,
                         ),
                     ));
                 } else if let Some(v) = &internal_filter {
                     elements.push((
                         names::NO_ENDPOINT_SERVICES,
-                        elem3(a, proto, fe.port, v.clone(), &spn),
+                        elem3(a, proto, fe.port, v.clone(), &ec),
                     ));
                 }
             }
@@ -1086,14 +1094,14 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
                             proto,
                             fe.port,
                             ElemData::Verdict(goto(&external_chain)),
-                            &spn,
+                            &ec,
                         ),
                     ));
                 }
                 if let Some(v) = &external_filter {
                     elements.push((
                         names::NO_ENDPOINT_SERVICES,
-                        elem3(a, proto, fe.port, v.clone(), &spn),
+                        elem3(a, proto, fe.port, v.clone(), &ec),
                     ));
                 }
                 if fe.kind == FrontendKind::LoadBalancer && !pol.source_ranges.is_empty() {
@@ -1103,7 +1111,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
                         Element {
                             key: key3.clone(),
                             data: None,
-                            comment: comment(&spn),
+                            comment: ec.clone(),
                         },
                     ));
                     let mut allowed: Vec<IpNet> = pol.source_ranges.clone();
@@ -1125,7 +1133,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
                             Element {
                                 key: k,
                                 data: None,
-                                comment: comment(&spn),
+                                comment: ec.clone(),
                             },
                         ));
                     }
@@ -1139,14 +1147,14 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
                             proto,
                             fe.port,
                             ElemData::Verdict(goto(&external_chain)),
-                            &spn,
+                            &ec,
                         ),
                     ));
                 }
                 if let Some(v) = &external_filter {
                     elements.push((
                         names::NO_ENDPOINT_NODEPORTS,
-                        elem2(proto, fe.port, v.clone(), &spn),
+                        elem2(proto, fe.port, v.clone(), &ec),
                     ));
                 }
             }

@@ -380,7 +380,7 @@ fn build_table(f: &FamilyIr, ports: &Ports, target: Option<IpAddr>) -> Table {
                 })
             })
         };
-        let spn = sp.name.to_string();
+        let spn: std::sync::Arc<str> = sp.name.to_string().into();
         for fe in &sp.frontends {
             let cluster_ip = fe.kind == crate::ir::FrontendKind::ClusterIp;
             let role = if cluster_ip { p.internal } else { p.external };

@@ -78,7 +78,7 @@ fn el(key: Vec<Value>, data: Option<ElemData>, comment: Option<&str>) -> Element
     Element {
         key,
         data,
-        comment: comment.map(String::from),
+        comment: comment.map(Into::into),
     }
 }
 
@@ -1173,7 +1173,7 @@ pub fn gen_any(r: &mut Rng) -> Ruleset {
                 s.elements.push(Element {
                     key,
                     data,
-                    comment: gen_opt_comment(r),
+                    comment: gen_opt_comment(r).map(Into::into),
                 });
             }
             sets.push(s);
@@ -1434,7 +1434,7 @@ pub fn gen_loadable(r: &mut Rng, fam: Family) -> Ruleset {
             s.elements.push(Element {
                 key: k,
                 data: d,
-                comment: gen_opt_comment(r),
+                comment: gen_opt_comment(r).map(Into::into),
             });
         }
         if r.chance(1, 5) {
