@@ -109,6 +109,7 @@ fn bind_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 pub fn run(c: RunCmd) -> Result<ExitCode> {
+    crate::purge_freed_memory_at_once();
     init_logging(&c);
     let bad = |msg: String| {
         eprintln!("error: <flags>: {msg}");
