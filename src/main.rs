@@ -34,8 +34,12 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t =
 /// a second later. `svcc run` syncs up to ten times a second under churn, and each sync frees
 /// what the next reuses only in part (the delta's objects, a file's parse), so with the delay
 /// freed pages are never old enough to go: at 10k/100k under churn ≈ 14 MiB more RSS
-/// (docs/PERFORMANCE.md, section 10). Call before any thread starts.
+/// (docs/PERFORMANCE.md, section 10). A `MIMALLOC_PURGE_DELAY` in the environment wins. Call
+/// before any thread starts.
 pub fn purge_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set only writes mimalloc's option table; no other thread runs yet.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
 }
