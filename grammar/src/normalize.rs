@@ -43,17 +43,11 @@ pub fn normalize_for_compare(m: &Ruleset) -> Ruleset {
     rs
 }
 
-fn norm_comment(c: &mut Option<String>) {
+/// A comment as the renderer writes it (`String`, or an element's shared `Arc<str>`).
+fn norm_comment<S: AsRef<str> + for<'a> From<&'a str>>(c: &mut Option<S>) {
     if let Some(s) = c {
-        let q = quote(s);
-        *s = q[1..q.len() - 1].to_string();
-    }
-}
-
-fn norm_elem_comment(c: &mut Option<std::sync::Arc<str>>) {
-    if let Some(s) = c {
-        let q = quote(s);
-        *s = q[1..q.len() - 1].into();
+        let q = quote(s.as_ref());
+        *s = S::from(&q[1..q.len() - 1]);
     }
 }
 
@@ -96,7 +90,7 @@ fn normalize_set(s: &mut Set, updated: bool) {
         s.elements.clear();
     }
     for e in &mut s.elements {
-        norm_elem_comment(&mut e.comment);
+        norm_comment(&mut e.comment);
         e.key.iter_mut().for_each(normalize_value);
         if let Some(ElemData::Values(v)) = &mut e.data {
             v.iter_mut().for_each(normalize_value);

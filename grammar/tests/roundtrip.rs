@@ -224,21 +224,17 @@ fn generated_loadable_models_round_trip() {
 }
 
 fn clean_comments(mut m: Ruleset) -> Ruleset {
-    fn c(s: &mut Option<String>) {
+    fn c<S: AsRef<str> + for<'a> From<&'a str>>(s: &mut Option<S>) {
         if let Some(x) = s {
-            let q = svcc_compiler::nft::render::quote(x);
-            *x = q[1..q.len() - 1].to_string();
+            let q = svcc_compiler::nft::render::quote(x.as_ref());
+            *x = S::from(&q[1..q.len() - 1]);
         }
     }
     for t in &mut m.tables {
         c(&mut t.comment);
         for s in &mut t.sets {
             c(&mut s.comment);
-            s.elements.iter_mut().for_each(|e| {
-                let mut t = e.comment.as_deref().map(String::from);
-                c(&mut t);
-                e.comment = t.map(Into::into);
-            });
+            s.elements.iter_mut().for_each(|e| c(&mut e.comment));
         }
         for ch in &mut t.chains {
             c(&mut ch.comment);

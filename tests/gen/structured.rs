@@ -809,20 +809,18 @@ pub fn check(case: &Case) -> Compiled {
 fn textual(m: &svcc_compiler::nft::model::Ruleset) -> svcc_compiler::nft::model::Ruleset {
     use svcc_compiler::nft::model::{AddrMatch, Field, Match};
     let mut m = m.clone();
-    let q = |c: &mut Option<String>| {
+    fn q<S: AsRef<str> + for<'a> From<&'a str>>(c: &mut Option<S>) {
         if let Some(s) = c {
-            let t = svcc_compiler::nft::render::quote(s);
-            *s = t[1..t.len() - 1].to_string();
+            let t = svcc_compiler::nft::render::quote(s.as_ref());
+            *s = S::from(&t[1..t.len() - 1]);
         }
-    };
+    }
     for t in &mut m.tables {
         q(&mut t.comment);
         for s in &mut t.sets {
             q(&mut s.comment);
             for e in &mut s.elements {
-                let mut t = e.comment.as_deref().map(String::from);
-                q(&mut t);
-                e.comment = t.map(Into::into);
+                q(&mut e.comment);
             }
         }
         for c in &mut t.chains {

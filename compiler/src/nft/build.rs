@@ -2,8 +2,9 @@
 //!
 //! Layout (see docs/ARCHITECTURE.md, "The nftables layout"): a fixed list of named sets and
 //! maps plus the endpoint maps (one per 64 service ports at most) and the affinity maps (one
-//! per 8 endpoint maps) — never one per service or endpoint — so that loading stays linear in the number of services and per-packet dispatch
-//! is one verdict-map lookup whatever their number. Per service port there are at most three
+//! per 8 endpoint maps) — never one per service or endpoint — so that loading stays linear in
+//! the number of services and per-packet dispatch is one verdict-map lookup whatever their
+//! number. Per service port there are at most three
 //! chains (cluster, local, external); a cluster or local chain is one rule that DNATs to an
 //! element `ID . random slot` of an endpoint map, so an endpoint replaced by another changes
 //! map elements only (ClientIP affinity aside: per-endpoint rules). Hairpin and masquerade
@@ -787,9 +788,10 @@ struct EndpointMaps {
 ///
 /// With ClientIP affinity: kube-proxy-like per-endpoint rules, as nft 1.0.6 cannot use a
 /// map lookup as the data of `update @affinity { … }`. The service chain first tries
-/// `dnat … map @affinity…` (`affinity`: the port's affinity map, [`EndpointIds::affinity_map`]);
-/// each endpoint rule `update`s it. IPv6 cannot use the affinity maps either: nft 1.0.6 fails to linearize a dynamic-map update whose
-/// concatenated key is wider than 16 bytes (an assertion in netlink_linearize.c), so IPv6
+/// `dnat … map @affinity…` (`affinity`: the port's affinity map,
+/// [`EndpointIds::affinity_map`]); each endpoint rule `update`s it. IPv6 cannot use the
+/// affinity maps either: nft 1.0.6 fails to linearize a dynamic-map update whose concatenated
+/// key is wider than 16 bytes (an assertion in netlink_linearize.c), so IPv6
 /// services with affinity use kube-proxy's layout, one dynamic set of clients per endpoint
 /// (`affinity6-…`), returned in `extra_sets`.
 fn endpoint_rules(
@@ -921,6 +923,8 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
     };
     let spn = sp.name.to_string();
     let ec = elem_comment(&spn);
+    // Both chains of a port share its affinity map (the key holds the frontend, not the chain).
+    let affinity = ids.affinity_map(id(EndpointSet::Cluster));
     let proto = sp.protocol;
     let b = &sp.backends;
     let pol = &sp.policy;
@@ -951,7 +955,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
             EndpointMaps {
                 base: ids.base(id(EndpointSet::Cluster)),
                 map: ids.map(id(EndpointSet::Cluster)),
-                affinity: ids.affinity_map(id(EndpointSet::Cluster)),
+                affinity,
             },
             &mut elements,
             &mut extra_sets,
@@ -971,7 +975,7 @@ pub fn service_port_parts(f: &FamilyIr, sp: &ServicePort, ids: &EndpointIds) -> 
             EndpointMaps {
                 base: ids.base(id(EndpointSet::Local)),
                 map: ids.map(id(EndpointSet::Local)),
-                affinity: ids.affinity_map(id(EndpointSet::Cluster)),
+                affinity,
             },
             &mut elements,
             &mut extra_sets,
