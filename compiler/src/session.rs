@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::config::NodeSettings;
 use crate::diag::{Diagnostic, Origin};
 use crate::family::L4Proto;
-use crate::ir::{FamilyIr, FrontendKind, Ir, ServicePort};
+use crate::ir::{FamilyIr, FrontendKind, Ir, ServicePort, ServicePortName};
 use crate::lower::{self, Note, SvcKey};
 use crate::manifest::{self, Object, Parsed, Skipped, Source};
 use crate::nft::build::{self, EndpointIds};
@@ -277,24 +277,30 @@ impl Session {
 
     /// The change since the last compile as a delta, when only Services and their endpoint
     /// objects changed and no conflict between Services is involved (see the module doc);
-    /// None when a full [`compile`](Self::compile) is needed.
-    pub fn compile_delta(&mut self) -> Option<Incremental> {
+    /// else why a full [`compile`](Self::compile) is needed.
+    pub fn compile_delta(&mut self) -> Result<Incremental, NotIncremental> {
         let changed = match (&self.dirty, &self.compiled) {
-            (_, None) | (Dirty::Full, _) => return None,
+            (_, None) => return Err(NotIncremental("nothing compiled yet".into())),
+            (Dirty::Full, _) => {
+                return Err(NotIncremental(
+                    "the node settings, a Node, a ServiceCIDR or an unlabelled slice changed"
+                        .into(),
+                ))
+            }
             (Dirty::Clean, Some(_)) => BTreeSet::new(),
             (Dirty::Services(s), Some(_)) => s.clone(),
         };
         match self.relower(&changed) {
             Ok((changed_ports, delta)) => {
                 self.dirty = Dirty::Clean;
-                Some(Incremental {
+                Ok(Incremental {
                     delta,
                     changed_ports,
                 })
             }
-            Err(_) => {
+            Err(why) => {
                 self.dirty = Dirty::Full;
-                None
+                Err(why)
             }
         }
     }
@@ -407,25 +413,56 @@ impl Session {
         let mut changed_ports = 0;
         for (fi, f) in c.ir.families.iter().enumerate() {
             let mut b = TableDeltaBuilder::new(f.family, names::TABLE);
+            let mut moved = Vec::new();
             let mut old_parts = Vec::new();
             for (k, _) in &lowered {
                 for (_, sp) in service_ports_of(f, k) {
                     old_parts.push((sp, build::service_port_parts(f, sp, &ids[fi])));
                 }
             }
-            // Ids of removed service ports first, then of new ones (as a full build would
-            // give them, or decline).
+            // Ids of removed service ports first, then of new ones, as a full build gives
+            // them. Where a collision makes that move the id of a service port that did not
+            // change (one in about a thousand added service ports), the ids are made anew as
+            // a full build does and the moved service ports join the delta.
             let new_ports: Vec<&Arc<ServicePort>> =
                 lowered.iter().flat_map(|(_, l)| &l.ports[fi]).collect();
-            for (sp, _) in &old_parts {
-                if !new_ports.iter().any(|n| n.name == sp.name) && !ids[fi].remove(&sp.name) {
-                    return no(format!("the endpoint-map ids after {} shift", sp.name));
+            let removed: Vec<&ServicePortName> = old_parts
+                .iter()
+                .map(|(o, _)| &o.name)
+                .filter(|o| !new_ports.iter().any(|n| n.name == **o))
+                .collect();
+            let added: Vec<&ServicePortName> = new_ports
+                .iter()
+                .map(|n| &n.name)
+                .filter(|n| !old_parts.iter().any(|(o, _)| o.name == **n))
+                .collect();
+            let before = ids[fi].clone();
+            let in_place = removed.iter().all(|n| ids[fi].remove(n))
+                && added.iter().all(|n| ids[fi].insert(n));
+            if !in_place {
+                let fresh = build::endpoint_ids_of(
+                    before
+                        .names()
+                        .filter(|n| !removed.contains(&n))
+                        .chain(added.iter().copied()),
+                );
+                if fresh.shards() != before.shards() {
+                    return no("the number of endpoint maps changes".into());
                 }
-            }
-            for n in &new_ports {
-                if !old_parts.iter().any(|(o, _)| o.name == n.name) && !ids[fi].insert(&n.name) {
-                    return no(format!("the endpoint-map id of {} collides", n.name));
+                for name in fresh.moved_from(&before) {
+                    let k = (name.namespace.clone(), name.name.clone());
+                    if lowered.iter().any(|(l, _)| *l == k) {
+                        continue;
+                    }
+                    let (_, sp) = service_ports_of(f, &k)
+                        .find(|(_, sp)| sp.name == name)
+                        .expect("a service port with an id is in the IR");
+                    moved.push((
+                        build::service_port_parts(f, sp, &before),
+                        build::service_port_parts(f, sp, &fresh),
+                    ));
                 }
+                ids[fi] = fresh;
             }
             let empty = build::ServicePortParts {
                 chains: Vec::new(),
@@ -450,6 +487,10 @@ impl Session {
                     changed_ports += 1;
                     b.service_port(&empty, &build::service_port_parts(f, n, &ids[fi]))?;
                 }
+            }
+            for (old, new) in moved {
+                changed_ports += 1;
+                b.service_port(&old, &new)?;
             }
             let (hairpin, cips) = (&c.hairpin[fi], &c.cluster_ips[fi]);
             let td = b.finish(|set, e: &Element| {
@@ -779,6 +820,7 @@ fn all_notes(c: &Compiled) -> Vec<Note> {
 mod tests {
     use super::*;
     use crate::nft::model::{Ruleset, Table};
+    use crate::names::EndpointSet;
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: d}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n";
     const BAD: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: d}\nspec:\n  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n";
@@ -985,12 +1027,12 @@ spec:
                 }
             }
             match s.compile_delta() {
-                Some(inc) => {
+                Ok(inc) => {
                     assert!(want_delta, "step {i}: a delta, expected a full compile");
                     apply_counted(&mut model, &inc.delta);
                 }
-                None => {
-                    assert!(!want_delta, "step {i}: expected a delta");
+                Err(why) => {
+                    assert!(!want_delta, "step {i}: expected a delta: {why}");
                     model = s.compile().ruleset;
                 }
             }
@@ -1055,5 +1097,56 @@ spec:
             // A Node changes: full.
             ("node.yaml", Some("apiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels: {topology.kubernetes.io/zone: z1}\n"), false),
         ]);
+    }
+
+    #[test]
+    fn endpoint_id_collisions_stay_deltas() {
+        // Two Services whose cluster ids seed to the same id (one endpoint map here): the
+        // first sorted takes it in a full build, and the other probes past it. Adding the
+        // first moves the other's id; removing it moves that id back: both are deltas that
+        // carry the moved service port too.
+        let spn = |n: &str| ServicePortName {
+            namespace: "shop".into(),
+            name: n.into(),
+            port: "p".into(),
+            protocol: L4Proto::Tcp,
+        };
+        let mask = build::ENDPOINT_SLOTS - 1;
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        let (first, second) = (0..)
+            .find_map(|i| {
+                let n = format!("s{i}");
+                let seed = names::endpoint_id_seed(&spn(&n), EndpointSet::Cluster) & mask;
+                match seen.insert(seed, n.clone()) {
+                    Some(o) => Some(if o < n { (o, n) } else { (n, o) }),
+                    None => None,
+                }
+            })
+            .expect("a collision");
+        let service = |n: &str, ip: u8| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: shop}}\nspec:\n  clusterIP: 10.96.1.{ip}\n  ports: [{{name: p, port: 80}}]\n{}",
+                slice(n, &format!("{n}-1"), &[("10.0.9.1", "n", true)], &[("p", 80)])
+            )
+        };
+        let (a, b) = (service(&first, 1), service(&second, 2));
+        steps(&[
+            ("second.yaml", Some(&b), true),
+            ("first.yaml", Some(&a), true),
+            ("first.yaml", None, true),
+            // Both at once, in one file, then the first alone again.
+            ("second.yaml", None, true),
+            ("both.yaml", Some(&format!("{a}---\n{b}")), true),
+            ("both.yaml", Some(&b), true),
+        ]);
+        // The second's id really moved (else this test proves nothing).
+        let mut s = Session::new(node());
+        s.set_file(src("both.yaml", &format!("{a}---\n{b}")));
+        s.compile();
+        let ids = &s.compiled.as_ref().unwrap().ids[0];
+        assert_eq!(
+            ids.get(&spn(&second), EndpointSet::Cluster),
+            Some((ids.get(&spn(&first), EndpointSet::Cluster).unwrap() + 1) & mask)
+        );
     }
 }

@@ -183,6 +183,19 @@ impl EndpointIds {
         let k = self.affinity_shards();
         (0..k).map(move |i| names::affinity_map(i, k))
     }
+    /// The service ports that have ids, in no order.
+    pub fn names(&self) -> impl Iterator<Item = &ServicePortName> {
+        self.t.ids.keys().map(|n| &**n)
+    }
+    /// The service ports of both `self` and `old` whose ids differ between them.
+    pub fn moved_from(&self, old: &EndpointIds) -> Vec<ServicePortName> {
+        self.t
+            .ids
+            .iter()
+            .filter(|(n, pair)| old.t.ids.get(*n).is_some_and(|o| o != *pair))
+            .map(|(n, _)| ServicePortName::clone(n))
+            .collect()
+    }
     /// The number of service ports.
     pub fn len(&self) -> usize {
         self.t.ids.len()
@@ -322,7 +335,12 @@ pub fn endpoint_shards(service_ports: usize) -> usize {
 }
 
 pub fn endpoint_ids(f: &FamilyIr) -> EndpointIds {
-    let mut names: Vec<&ServicePortName> = f.service_ports.iter().map(|sp| &sp.name).collect();
+    endpoint_ids_of(f.service_ports.iter().map(|sp| &sp.name))
+}
+
+/// The ids a full build gives a family with these service ports (any order, repeats allowed).
+pub fn endpoint_ids_of<'a>(names: impl IntoIterator<Item = &'a ServicePortName>) -> EndpointIds {
+    let mut names: Vec<&ServicePortName> = names.into_iter().collect();
     names.sort_unstable();
     names.dedup();
     let mut t = IdTable {

@@ -82,7 +82,8 @@ impl Delta {
 }
 
 /// Why a delta cannot express a change (the caller compiles and applies in full instead).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct NotIncremental(pub String);
 
 type ElementCounts = BTreeMap<Vec<Value>, Vec<(Element, u32, u32)>>;

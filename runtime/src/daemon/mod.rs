@@ -424,33 +424,38 @@ impl Daemon {
             || self.proxy.is_some()
             || self.ipvs.is_some())
         {
-            if let Some(inc) = self.session.compile_delta() {
-                let compile = t1.elapsed();
-                match self
-                    .applier
-                    .apply_delta(&inc.delta, &ApplyOptions::default())
-                {
-                    Ok(Some(r)) => {
-                        self.verifies_since_full += u32::from(verify);
-                        // The rules are in; the rest is bookkeeping (the IR snapshot for health
-                        // checks and the conntrack thread is the one part that grows with the
-                        // cluster, and it comes after the commit).
-                        let diags = self.session.diagnostics();
-                        let notes = self.session.notes();
-                        self.report_diagnostics(&diags, &notes);
-                        let (add, del) = inc.delta.stats_change();
-                        let st = &mut self.stats;
-                        st.chains = (st.chains + add.chains).saturating_sub(del.chains);
-                        st.rules = (st.rules + add.rules).saturating_sub(del.rules);
-                        st.elements = (st.elements + add.elements).saturating_sub(del.elements);
-                        let ir = Arc::new(self.session.ir().expect("compiled").clone());
-                        applied = Some((Ok(r), ir, compile));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.metrics(|m| m.sync_failures += 1);
-                        tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
-                        self.full_next = true;
+            match self.session.compile_delta() {
+                Err(why) => {
+                    tracing::info!(target: "svcc::sync", reason = %why, "not a delta: compiling in full");
+                }
+                Ok(inc) => {
+                    let compile = t1.elapsed();
+                    match self
+                        .applier
+                        .apply_delta(&inc.delta, &ApplyOptions::default())
+                    {
+                        Ok(Some(r)) => {
+                            self.verifies_since_full += u32::from(verify);
+                            // The rules are in; the rest is bookkeeping (the IR snapshot for health
+                            // checks and the conntrack thread is the one part that grows with the
+                            // cluster, and it comes after the commit).
+                            let diags = self.session.diagnostics();
+                            let notes = self.session.notes();
+                            self.report_diagnostics(&diags, &notes);
+                            let (add, del) = inc.delta.stats_change();
+                            let st = &mut self.stats;
+                            st.chains = (st.chains + add.chains).saturating_sub(del.chains);
+                            st.rules = (st.rules + add.rules).saturating_sub(del.rules);
+                            st.elements = (st.elements + add.elements).saturating_sub(del.elements);
+                            let ir = Arc::new(self.session.ir().expect("compiled").clone());
+                            applied = Some((Ok(r), ir, compile));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.metrics(|m| m.sync_failures += 1);
+                            tracing::warn!(target: "svcc::sync", error = %e, "transaction refused; replacing svcc's tables instead");
+                            self.full_next = true;
+                        }
                     }
                 }
             }
