@@ -443,7 +443,7 @@ impl Session {
                 let fresh = build::endpoint_ids_of(
                     before
                         .names()
-                        .filter(|n| !removed.contains(&n))
+                        .filter(|n| !removed.contains(n))
                         .chain(added.iter().copied()),
                 );
                 if fresh.shards() != before.shards() {
@@ -819,8 +819,8 @@ fn all_notes(c: &Compiled) -> Vec<Note> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::model::{Ruleset, Table};
     use crate::names::EndpointSet;
+    use crate::nft::model::{Ruleset, Table};
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: d}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n";
     const BAD: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: d}\nspec:\n  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n";
