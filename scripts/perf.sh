@@ -163,7 +163,7 @@ Everything from here to "What the figures say" is written by the script.
 | 3 | incremental sync: endpoint replaced / added / removed, Service added / removed | see "3." below | ≤ 5 ms, 30k/1k ≤ 1.5 | 141 ms to add one Service at 10k |
 | 4 | new TCP connections/s through one VIP (nftables) | 1: $nft1, 10k: $nft10k, 30k: $nft30k (30k/1 = $dpratio) | 30k/1 ≥ 0.95 | nftables flat; iptables +~20 ns/rule |
 | 4b | same, iptables backend (legacy), for contrast | 1: $ipt1, 10k: $ipt10k, 30k: $ipt30k | — | |
-| 5 | sets + maps in \`table ip svcc\` | 100 services: $sets100; 30,000: $sets30k (11 fixed + one endpoint map per ≤ 64 service ports + one affinity map per 8 endpoint maps) | constant, ≤ 16 | kube-proxy: grows with services and endpoints |
+| 5 | sets + maps in \`table ip svcc\` | 100 services: $sets100; 30,000: $sets30k (11 fixed + one endpoint map per ≤ 128 service ports + one affinity map per 4 endpoint maps) | constant, ≤ 16 | kube-proxy: grows with services and endpoints |
 | 9 | \`svcc apply --ruleset\` of the 10k/100k file vs \`nft -f\` | $rs_t s, $rs_m MiB vs $rs_nft_t s, $rs_nft_m MiB (ratio $rs_ratio) | ≤ 1/3, ≤ 200 MiB | — |
 | 10 | \`svcc run\` RSS at 10k/100k under churn ($churn_secs s) | ${rss_steady:-$churn_out} | ≤ 200 MiB, not growing | — |
 

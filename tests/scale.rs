@@ -1,6 +1,6 @@
 //! No set or map per service or endpoint: a cluster loaded into the kernel holds the 11 fixed
-//! sets/maps plus its endpoint maps, one per 64 service ports at most (a power of two: see
-//! `nft::build::endpoint_shards`), and one affinity map per 8 endpoint maps, whatever its number
+//! sets/maps plus its endpoint maps, one per 128 service ports at most (a power of two: see
+//! `nft::build::endpoint_shards`), and one affinity map per 4 endpoint maps, whatever its number
 //! of endpoints (the layout's promise, and the reason loads stay linear). Real kernel,
 //! throwaway network namespace.
 

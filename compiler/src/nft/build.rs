@@ -1,8 +1,8 @@
 //! The optimizer: IR → nft object model.
 //!
 //! Layout (see docs/ARCHITECTURE.md, "The nftables layout"): a fixed list of named sets and
-//! maps plus the endpoint maps (one per 64 service ports at most) and the affinity maps (one
-//! per 8 endpoint maps) — never one per service or endpoint — so that loading stays linear in
+//! maps plus the endpoint maps (one per 128 service ports at most) and the affinity maps (one
+//! per 4 endpoint maps) — never one per service or endpoint — so that loading stays linear in
 //! the number of services and per-packet dispatch is one verdict-map lookup whatever their
 //! number. Per service port there are at most three
 //! chains (cluster, local, external); a cluster or local chain is one rule that DNATs to an
@@ -109,7 +109,8 @@ const AFFINITY_KEY: [Field; 4] = [Field::Saddr, Field::L4Proto, Field::Daddr, Fi
 /// (FNV-1a of the name) modulo that, or on a collision the next free value (linear probing,
 /// service ports in sorted order, cluster before local): deterministic, and an unrelated
 /// service changes an existing id only if it collides with it (about n / (shards x 2^16), a
-/// dozen in 10,000 with 64 service ports per map) or changes the number of maps.
+/// two dozen in 10,000 with 128 service ports per map) or changes the number of maps (a
+/// session then puts the moved service ports in its delta: `Session::compile_delta`).
 ///
 /// The elements of id `i` live in endpoint map `i % shards` ([`EndpointIds::map`]), at the
 /// keys `base(i) ..= base(i) + 2^16 - 1` with `base(i) = (i / shards) x 2^16`
@@ -300,9 +301,9 @@ pub fn slot_range(i: usize, n: usize) -> (u32, u32) {
 
 /// Service ports per endpoint map, at most (below the cap of
 /// [`names::MAX_ENDPOINT_SHARDS`] maps).
-pub const SERVICE_PORTS_PER_ENDPOINT_MAP: usize = 64;
+pub const SERVICE_PORTS_PER_ENDPOINT_MAP: usize = 128;
 
-/// Endpoint maps per affinity map (so ≤ 8 × 64 service ports bind each affinity map).
+/// Endpoint maps per affinity map (so ≤ 4 × 128 service ports bind each affinity map).
 ///
 /// The rule `dnat … map @affinity…` that starts every ClientIP service chain binds its map, and
 /// the kernel, at each such binding, walks the list of the map's bindings so far, the
@@ -310,8 +311,8 @@ pub const SERVICE_PORTS_PER_ENDPOINT_MAP: usize = 64;
 /// affinity map that walk was quadratic in the cluster (8 % of the busy time of a 30k-service
 /// load). More maps shorten it but cost every rule's set lookup by name, a walk of the
 /// table's sets (`nft_set_lookup_global`), and each endpoint rule of a ClientIP service looks
-/// one up: one affinity map per 8 endpoint maps keeps both walks short (docs/PERFORMANCE.md).
-pub const AFFINITY_SHARD_GROUP: usize = 8;
+/// one up: one affinity map per 512 service ports keeps both walks short (docs/PERFORMANCE.md).
+pub const AFFINITY_SHARD_GROUP: usize = 4;
 
 /// How many endpoint maps (shards) a family with `service_ports` service ports has: the
 /// smallest power of two giving each at most [`SERVICE_PORTS_PER_ENDPOINT_MAP`] service
@@ -323,10 +324,11 @@ pub const AFFINITY_SHARD_GROUP: usize = 8;
 /// binding of a map each time an element is added (nft_add_set_elem): O(bindings x elements)
 /// per map. One map for 10k services / 100k endpoints made `nft -f` take 186 s of kernel
 /// time. Why not one map per service port: each rule finds its map by name on a walk of the
-/// table's sets (nft_set_lookup_global), O(rules x sets) for a load. 64 service ports per map
-/// balance the two (at 30k services the load's kernel time went 5.3 s -> 3.3 s from 16 to
-/// 64; docs/PERFORMANCE.md). A power of two, so that the count (and every map name) changes
-/// only when the number of service ports crosses 64 x 2^k.
+/// table's sets (nft_set_lookup_global), O(rules x sets) for a load. 128 service ports per
+/// map balance the two (at 30k services the load's kernel time went 5.3 s -> 3.3 s from 16
+/// to 64, and that walk from ≈ 0.3 to ≈ 0.17 s from 64 to 128, while the per-map binding
+/// walks grew by less; docs/PERFORMANCE.md). A power of two, so that the count (and every
+/// map name) changes only when the number of service ports crosses 128 x 2^k.
 pub fn endpoint_shards(service_ports: usize) -> usize {
     service_ports
         .div_ceil(SERVICE_PORTS_PER_ENDPOINT_MAP)
