@@ -1490,9 +1490,9 @@ mod tests {
     #[test]
     fn shard_counts() {
         assert_eq!(endpoint_shards(0), 1);
-        assert_eq!(endpoint_shards(64), 1);
-        assert_eq!(endpoint_shards(65), 2);
-        assert_eq!(endpoint_shards(12_000), 256);
+        assert_eq!(endpoint_shards(128), 1);
+        assert_eq!(endpoint_shards(129), 2);
+        assert_eq!(endpoint_shards(12_000), 128);
         assert_eq!(endpoint_shards(10_000_000), names::MAX_ENDPOINT_SHARDS);
         assert_eq!(names::endpoints_map(0, 1), "endpoints");
         assert_eq!(names::endpoints_map(5, 8), "endpoints-5");
@@ -1555,8 +1555,8 @@ mod tests {
         let mut more = base.clone();
         more.extend((0..50).map(|i| spn(&format!("other-{i}"))));
         let ids2 = endpoint_ids(&family_of(&more));
-        assert_eq!((ids1.shards(), ids2.shards()), (4, 4));
-        let mask = 4 * ENDPOINT_SLOTS - 1;
+        assert_eq!((ids1.shards(), ids2.shards()), (2, 2));
+        let mask = 2 * ENDPOINT_SLOTS - 1;
         let mut all = HashSet::new();
         for n in &base {
             for w in [EndpointSet::Cluster, EndpointSet::Local] {
