@@ -436,6 +436,32 @@ impl Session {
                 .map(|n| &n.name)
                 .filter(|n| !old_parts.iter().any(|(o, _)| o.name == **n))
                 .collect();
+            // The hairpin set's declared size follows its number of addresses.
+            let hairpin_len = {
+                let mut d: HashMap<IpAddr, i64> = HashMap::new();
+                for (sp, _) in &old_parts {
+                    for a in endpoint_addrs(sp) {
+                        *d.entry(a).or_default() -= 1;
+                    }
+                }
+                for n in &new_ports {
+                    for a in endpoint_addrs(n) {
+                        *d.entry(a).or_default() += 1;
+                    }
+                }
+                let h = &c.hairpin[fi];
+                d.into_iter().fold(h.len(), |len, (a, d)| {
+                    let was = i64::from(h.get(&a).copied().unwrap_or(0));
+                    match (was > 0, was + d > 0) {
+                        (false, true) => len + 1,
+                        (true, false) => len - 1,
+                        _ => len,
+                    }
+                })
+            };
+            if build::hairpin_size(hairpin_len) != build::hairpin_size(c.hairpin[fi].len()) {
+                return no("the hairpin set's declared size changes".into());
+            }
             let before = ids[fi].clone();
             let in_place = removed.iter().all(|n| ids[fi].remove(n))
                 && added.iter().all(|n| ids[fi].insert(n));
@@ -1097,6 +1123,49 @@ spec:
             // A Node changes: full.
             ("node.yaml", Some("apiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels: {topology.kubernetes.io/zone: z1}\n"), false),
         ]);
+    }
+
+    #[test]
+    fn a_delta_never_changes_the_hairpin_sets_size() {
+        // 43,691 endpoint addresses fit the smallest declared size (2^16, with half as much
+        // again as headroom); one more needs the next: only a full compile declares it.
+        let limit = 43_691;
+        assert_eq!(build::hairpin_size(limit), 1 << 16);
+        assert_eq!(build::hairpin_size(limit + 1), 1 << 17);
+        // (slices hold at most 1,000 endpoints each)
+        let big = |n: usize| {
+            let mut s = String::from("apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: shop}\nspec:\n  clusterIP: 10.96.9.9\n  ports: [{name: p, port: 80}]\n");
+            for i in 0..n {
+                if i % 1000 == 0 {
+                    s += &format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-{i}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: big}}\naddressType: IPv4\nports: [{{name: p, port: 80}}]\nendpoints:\n");
+                }
+                s += &format!("- addresses: [10.100.{}.{}]\n", i / 256, i % 256);
+            }
+            s
+        };
+        // The addresses the other Services put in the set (steps' starting files).
+        let mut base = Session::new(node());
+        base.set_file(src("services.yaml", SERVICES));
+        base.set_file(src("endpoints.yaml", &endpoints_file(0)));
+        let hairpin = |out: &Output| {
+            let set = out.ruleset.tables[0].sets.iter();
+            let set = set.clone().find(|s| s.name == names::HAIRPIN).unwrap();
+            (set.elements.len(), set.size)
+        };
+        let (others, size) = hairpin(&base.compile());
+        assert_eq!(size, Some(1 << 16));
+        let at = limit - others;
+        steps(&[
+            ("big.yaml", Some(&big(at)), true),
+            ("big.yaml", Some(&big(at + 1)), false),
+            ("big.yaml", Some(&big(at + 2)), true),
+            ("big.yaml", Some(&big(at)), false),
+        ]);
+        let mut s = Session::new(node());
+        s.set_file(src("big.yaml", &big(at + 1)));
+        s.set_file(src("services.yaml", SERVICES));
+        s.set_file(src("endpoints.yaml", &endpoints_file(0)));
+        assert_eq!(hairpin(&s.compile()), (limit + 1, Some(1 << 17)));
     }
 
     #[test]

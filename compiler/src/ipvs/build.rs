@@ -479,13 +479,17 @@ fn glue_table(f: &FamilyIr, g: Glue) -> Table {
             "sources allowed to each restricted LoadBalancer frontend",
             g.firewall_allow,
         )),
-        set(
-            names::HAIRPIN,
-            vec![addr, addr],
-            None,
-            "endpoint . endpoint: a backend reaching itself through a service",
-            g.hairpin,
-        ),
+        {
+            let mut s = set(
+                names::HAIRPIN,
+                vec![addr, addr],
+                None,
+                "endpoint . endpoint: a backend reaching itself through a service",
+                g.hairpin,
+            );
+            s.size = Some(crate::nft::build::hairpin_size(s.elements.len()));
+            s
+        },
         set(
             HEALTH_CHECK_NODEPORTS,
             vec![DataType::InetProto, DataType::InetService],

@@ -27,6 +27,20 @@ use crate::names::{self, EndpointSet};
 /// Dynamic affinity entries per table (kube-proxy's per-endpoint sets default to 65535 each).
 pub const AFFINITY_SIZE: u32 = 1 << 20;
 
+/// The declared size of the `hairpin` set for `addrs` distinct endpoint addresses: half as
+/// much again, rounded up to a power of two, at least 2^16 (the kernel's own hint).
+///
+/// Why declare one: without a size the kernel backs the set with a resizable rhashtable
+/// sized for 2^16 elements, and a load of more (one per endpoint address: 300k at 30k
+/// services) inserts on its slow path while it grows (`rhashtable_insert_slow`, ≈ 5 % of
+/// that load). With a size it picks a hash table of fixed size. The size is a hard maximum
+/// in the kernel, so a session declines a delta that would change it (a full compile then
+/// declares the new one; the applier replaces the table).
+pub fn hairpin_size(addrs: usize) -> u32 {
+    let want = (addrs + addrs / 2).max(1 << 16).next_power_of_two();
+    u32::try_from(want).unwrap_or(u32::MAX)
+}
+
 pub fn build(ir: &Ir) -> Ruleset {
     let ids: Vec<EndpointIds> = ir.families.iter().map(endpoint_ids).collect();
     build_with_ids(ir, &ids)
@@ -569,7 +583,11 @@ fn build_table(f: &FamilyIr, ids: &EndpointIds) -> Table {
     for (name, mut elems) in [(names::CLUSTER_IPS, cluster_ips), (names::HAIRPIN, hairpin)] {
         elems.sort_by(|a, b| a.key.cmp(&b.key));
         elems.dedup_by(|a, b| a.key == b.key);
-        t.sets[index[name]].elements.extend(elems);
+        let set = &mut t.sets[index[name]];
+        if name == names::HAIRPIN {
+            set.size = Some(hairpin_size(elems.len()));
+        }
+        set.elements.extend(elems);
     }
     t.sets.extend(extra_sets);
     t
@@ -1258,6 +1276,9 @@ mod tests {
             elems.dedup();
             let s = t.sets.iter_mut().find(|s| s.name == name).unwrap();
             s.elements.extend(elems);
+        }
+        for s in t.sets.iter_mut().filter(|s| s.name == names::HAIRPIN) {
+            s.size = Some(hairpin_size(s.elements.len()));
         }
         t.sets.extend(extra);
         t
