@@ -124,3 +124,134 @@ fn set_and_map_count_is_independent_of_endpoints_and_bounded() {
         "{big_ports} ports"
     );
 }
+
+/// ClientIP affinity with several affinity maps: connections from one client to a service port
+/// stick to one backend, and the entry lands in that port's own affinity map (not another's).
+/// Packets from the node itself (OUTPUT), to backends that do not answer: conntrack and the
+/// maps show the choice.
+#[test]
+fn client_ip_affinity_across_affinity_maps() {
+    use svcc_compiler::names::EndpointSet;
+    use svcc_compiler::nft::build::endpoint_ids;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: not root: skipping the affinity check");
+        return;
+    }
+    let text = cluster::generate(&cluster::GenOptions {
+        services: 3000,
+        endpoints: 15000,
+        ..Default::default()
+    });
+    let settings = NodeSettings {
+        hostname: "node-1".into(),
+        node_ips: vec!["192.168.0.2".parse().unwrap()],
+        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
+        ..Default::default()
+    };
+    let out = compile(
+        &[Source {
+            name: "gen.yaml".into(),
+            text,
+        }],
+        &settings,
+        CompileOptions::default(),
+    )
+    .expect("generated cluster compiles");
+    let f = &out.ir.families[0];
+    let ids = endpoint_ids(f);
+    assert!(ids.affinity_shards() > 1, "several affinity maps");
+    // Two ClientIP service ports (TCP, three or more backends, reachable from the node) whose
+    // affinity maps differ.
+    let mut picked: Vec<(&str, std::net::IpAddr, u16, Vec<String>)> = Vec::new();
+    for sp in &f.service_ports {
+        let usable = sp.policy.affinity_timeout.is_some()
+            && !sp.policy.internal_local
+            && sp.protocol == svcc_compiler::family::L4Proto::Tcp
+            && sp.backends.cluster.len() >= 3;
+        let (Some(vip), true) = (sp.cluster_ip(), usable) else {
+            continue;
+        };
+        let id = ids.get(&sp.name, EndpointSet::Cluster).unwrap();
+        let map = ids.affinity_map(id);
+        if picked.iter().any(|p| p.0 == map) {
+            continue;
+        }
+        let port = sp
+            .frontends
+            .iter()
+            .find(|fe| fe.addr == Some(vip))
+            .unwrap()
+            .port;
+        let backends = sp
+            .backends
+            .cluster
+            .iter()
+            .map(|b| format!("{}", b.addr))
+            .collect();
+        picked.push((map, vip, port, backends));
+        if picked.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        picked.len(),
+        2,
+        "two ClientIP service ports in different maps"
+    );
+
+    let path = std::env::temp_dir().join(format!("svcc-scale-{}-aff.nft", std::process::id()));
+    std::fs::write(&path, out.nft_text()).unwrap();
+    let ns = Netns::new("aff");
+    ns.nft(&["-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let sh = |cmd: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sh", "-c", cmd])
+            .output()
+            .expect("ip netns exec")
+    };
+    // (a veth pair: this kernel may lack the dummy driver)
+    let setup = "ip link set lo up && ip link add d0 type veth peer name d1 \
+                 && ip link set d0 up && ip link set d1 up \
+                 && ip addr add 192.168.0.2/24 dev d0 && ip route add default dev d0";
+    assert!(sh(setup).status.success(), "{setup}");
+    for (map, vip, port, backends) in &picked {
+        // Six connection attempts (new source ports): SYNs leave through d0, unanswered.
+        // Without affinity all six would pick one of ≥ 3 backends with odds ≤ 1/243.
+        for _ in 0..6 {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &ns.0, "timeout", "0.3", "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{vip}/{port}"))
+                .output();
+        }
+        let ct = sh(&format!(
+            "conntrack -L -p tcp --orig-dst {vip} --dport {port} 2>/dev/null"
+        ));
+        let ct = String::from_utf8_lossy(&ct.stdout).to_string();
+        // The reply direction's source is the backend chosen.
+        let chosen: Vec<&str> = ct
+            .lines()
+            .filter_map(|l| l.split("src=").nth(2))
+            .filter_map(|s| s.split_whitespace().next())
+            .collect();
+        assert_eq!(chosen.len(), 6, "{vip}:{port}: six connections\n{ct}");
+        assert!(
+            chosen.iter().all(|c| *c == chosen[0]),
+            "{vip}:{port}: one backend for one client: {chosen:?}"
+        );
+        assert!(backends.iter().any(|b| b == chosen[0]), "{chosen:?}");
+        // The entry is in this port's affinity map, and in no other.
+        // (an element: `client . tcp . vip . port timeout … expires … : backend . port`)
+        let key = format!(" . {vip} . {port} ");
+        let value = format!(": {} . ", chosen[0]);
+        for (other, ..) in &picked {
+            let listing = ns.nft(&["list", "map", "ip", "svcc", other]);
+            let entry = listing.lines().find(|l| l.contains(&key));
+            assert_eq!(
+                entry.is_some_and(|l| l.contains(&value)),
+                other == map,
+                "{key}{value} in {other} (port's map: {map}):\n{listing}"
+            );
+        }
+    }
+}
