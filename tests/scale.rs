@@ -49,11 +49,11 @@ impl Drop for Netns {
     }
 }
 
-/// (sets + maps, chains, service ports) of a generated cluster loaded with `nft -f`.
-fn kernel_set_count(services: usize, endpoints_per_service: usize) -> (usize, usize, usize) {
+/// A generated cluster compiled for node 192.168.0.2 (cluster CIDR 10.128.0.0/9).
+fn generated(services: usize, endpoints: usize) -> svcc_compiler::Output {
     let text = cluster::generate(&cluster::GenOptions {
         services,
-        endpoints: services * endpoints_per_service,
+        endpoints,
         ..Default::default()
     });
     let settings = NodeSettings {
@@ -62,7 +62,7 @@ fn kernel_set_count(services: usize, endpoints_per_service: usize) -> (usize, us
         cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
         ..Default::default()
     };
-    let out = compile(
+    compile(
         &[Source {
             name: "gen.yaml".into(),
             text,
@@ -70,7 +70,12 @@ fn kernel_set_count(services: usize, endpoints_per_service: usize) -> (usize, us
         &settings,
         CompileOptions::default(),
     )
-    .expect("generated cluster compiles");
+    .expect("generated cluster compiles")
+}
+
+/// (sets + maps, chains, service ports) of a generated cluster loaded with `nft -f`.
+fn kernel_set_count(services: usize, endpoints_per_service: usize) -> (usize, usize, usize) {
+    let out = generated(services, services * endpoints_per_service);
     let service_ports = out.ir.families[0].service_ports.len();
     let dir =
         std::env::temp_dir().join(format!("svcc-scale-{}-{services}.nft", std::process::id()));
@@ -137,26 +142,7 @@ fn client_ip_affinity_across_affinity_maps() {
         eprintln!("note: not root: skipping the affinity check");
         return;
     }
-    let text = cluster::generate(&cluster::GenOptions {
-        services: 3000,
-        endpoints: 15000,
-        ..Default::default()
-    });
-    let settings = NodeSettings {
-        hostname: "node-1".into(),
-        node_ips: vec!["192.168.0.2".parse().unwrap()],
-        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
-        ..Default::default()
-    };
-    let out = compile(
-        &[Source {
-            name: "gen.yaml".into(),
-            text,
-        }],
-        &settings,
-        CompileOptions::default(),
-    )
-    .expect("generated cluster compiles");
+    let out = generated(3000, 15000);
     let f = &out.ir.families[0];
     let ids = endpoint_ids(f);
     assert!(ids.affinity_shards() > 1, "several affinity maps");
