@@ -139,7 +139,19 @@ churn_out="(skipped: CHURN_SECONDS=0)"
 if [ "$churn_secs" != 0 ]; then
   echo "== 9b. svcc run under churn, 10k/100k, $churn_secs s"
   ns=$(newns churn)
-  churn_out=$(ip netns exec "$ns" target/release/examples/churn --seconds "$churn_secs" 2>/dev/null)
+  churn_out=$(ip netns exec "$ns" target/release/examples/churn --seconds "$churn_secs" --samples "$work/rss.tsv" 2>/dev/null)
+  # RSS means per sixth of the churn (10 minutes for the hour): growing or not.
+  churn_out+=$'\n'$(python3 - "$work/rss.tsv" "$churn_secs" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+t0, span = float(rows[0][0]), float(sys.argv[2]) / 6
+means = []
+for k in range(6):
+    seg = [int(r[1]) / 1024 for r in rows if t0 + k * span <= float(r[0]) < t0 + (k + 1) * span]
+    means.append(f"{sum(seg) / len(seg):.1f}" if seg else "-")
+print("rss_mib means per sixth of the churn:", " ".join(means))
+PY
+)
   echo "$churn_out" | sed 's/^/   /'
 fi
 dp() { awk -v b="$1" -v n="$2" '$1==b && $2==n {print $3}' "$work/dp.tsv"; }
