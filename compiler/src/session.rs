@@ -422,7 +422,7 @@ impl Session {
             }
             // Ids of removed service ports first, then of new ones, as a full build gives
             // them. Where a collision makes that move the id of a service port that did not
-            // change (one in about a thousand added service ports), the ids are made anew as
+            // change (a few in a thousand added service ports at 10k), the ids are made anew as
             // a full build does and the moved service ports join the delta.
             let new_ports: Vec<&Arc<ServicePort>> =
                 lowered.iter().flat_map(|(_, l)| &l.ports[fi]).collect();
