@@ -16,7 +16,10 @@ targets=(manifest config grammar grammar_fast netlink compile)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz-smoke: installing cargo-fuzz" >&2
-  cargo install --locked cargo-fuzz
+  # From a neutral directory and with stdin closed: one run here failed in cargo's rustc
+  # probe, which had read stray input; a second attempt is cheap next to a red CI.
+  install() { (cd / && cargo install --locked cargo-fuzz </dev/null); }
+  install || { echo "fuzz-smoke: retrying the cargo-fuzz install" >&2; install; }
 fi
 if cargo +nightly --version >/dev/null 2>&1; then
   fuzz=(cargo +nightly fuzz)
