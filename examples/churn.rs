@@ -19,8 +19,10 @@
 //!   # an hour: --seconds 3600 (add --samples rss.tsv to keep the samples)
 //!
 //! Options: --services N (10000) --endpoints N (100000) --seconds S (60) --interval-ms MS (50)
-//! --slots N (100) --min-sync-period D (100ms) --warmup S (30) --svcc PATH (the svcc beside
-//! this example, target/release/svcc) --samples FILE (time, VmRSS KiB per line).
+//! --slots N (100) --min-sync-period D (100ms) --sync-period D (30s; the daemon compiles and
+//! compares everything at one verification in 120, so `--sync-period 1s` shows that transient
+//! every 2 minutes) --warmup S (30) --svcc PATH (the svcc beside this example,
+//! target/release/svcc) --samples FILE (time, VmRSS KiB per line).
 
 #[path = "../fixtures/gen/cluster.rs"]
 mod cluster;
@@ -37,6 +39,7 @@ struct Opts {
     interval: Duration,
     slots: usize,
     min_sync: String,
+    sync_period: String,
     warmup: u64,
     svcc: PathBuf,
     samples: Option<PathBuf>,
@@ -62,6 +65,7 @@ fn opts() -> Opts {
         interval: Duration::from_millis(num("--interval-ms", 50)),
         slots: num("--slots", 100).max(1) as usize,
         min_sync: get("--min-sync-period").unwrap_or_else(|| "100ms".into()),
+        sync_period: get("--sync-period").unwrap_or_else(|| "30s".into()),
         warmup: num("--warmup", 30),
         svcc: get("--svcc")
             .map(PathBuf::from)
@@ -250,7 +254,12 @@ fn main() {
         .arg(&dir.0)
         .args(["--hostname-override", "node-1", "--node-ip", "192.168.0.2"])
         .args(["--cluster-cidr", "10.128.0.0/9"])
-        .args(["--min-sync-period", &o.min_sync, "--sync-period", "30s"])
+        .args([
+            "--min-sync-period",
+            &o.min_sync,
+            "--sync-period",
+            &o.sync_period,
+        ])
         .args(["--metrics-bind-address", &format!("127.0.0.1:{port}")])
         .args(["--healthz-bind-address", ""])
         .stdout(Stdio::null())

@@ -1,5 +1,7 @@
 //! What a long-running `svcc run` keeps on the heap, part by part, for a generated cluster:
-//! live bytes (a counting allocator) after each step of a first sync.
+//! live bytes (a counting allocator) after each step of a first sync; then the high-water
+//! mark of a full verification (a whole compile while the applier's model and the last IR
+//! are still held, as in `svcc run`).
 //!
 //!   cargo run --release --example heap -- cluster.yaml
 
@@ -11,10 +13,15 @@ use svcc_compiler::{NodeSettings, Source};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+fn grow(by: isize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 // SAFETY: forwards to the system allocator, counting bytes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        grow(l.size() as isize);
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
@@ -22,7 +29,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        grow(n as isize - l.size() as isize);
         unsafe { System.realloc(p, l, n) }
     }
 }
@@ -57,7 +64,29 @@ fn main() {
     let ruleset = out.ruleset;
     drop(out.diagnostics);
     drop(out.notes);
-    let ir = out.ir;
+    let ir = std::sync::Arc::new(out.ir);
+
+    // The full verification: the daemon holds the applier's model and the last IR (its
+    // health checks and the conntrack thread) while it compiles everything again.
+    let held = LIVE.load(Ordering::Relaxed);
+    PEAK.store(held, Ordering::Relaxed);
+    let again = s.compile();
+    let peak = PEAK.load(Ordering::Relaxed);
+    let with_new = LIVE.load(Ordering::Relaxed);
+    // The applier keeps the new model, the daemon the new IR; the old ones go.
+    drop(ruleset);
+    drop(ir);
+    let ruleset = again.ruleset;
+    let ir = again.ir;
+    let after = LIVE.load(Ordering::Relaxed);
+    println!(
+        "full verification: held {}, high-water {} (+{}), with both outputs {}, after it {}",
+        mib(held),
+        mib(peak),
+        mib(peak - held),
+        mib(with_new),
+        mib(after)
+    );
     let l3 = LIVE.load(Ordering::Relaxed);
     drop(ir);
     let l4 = LIVE.load(Ordering::Relaxed);

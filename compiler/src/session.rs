@@ -220,6 +220,9 @@ impl Session {
 
     /// Lowers and builds everything the session holds; every diagnostic comes back located.
     pub fn compile(&mut self) -> Output {
+        // The last compile's state is replaced, not consulted: freeing it first lowers the
+        // high-water mark of `svcc run`'s periodic full compile (see `examples/heap`).
+        self.compiled = None;
         let mut notes = Vec::new();
         let mut lower_diags = Vec::new();
         let (ir, tracking) = lower::lower_tracked(
