@@ -64,7 +64,7 @@ fn main() {
     let ruleset = out.ruleset;
     drop(out.diagnostics);
     drop(out.notes);
-    let ir = std::sync::Arc::new(out.ir);
+    let ir = out.ir;
 
     // The full verification: the daemon holds the applier's model and the last IR (its
     // health checks and the conntrack thread) while it compiles everything again.
@@ -74,10 +74,8 @@ fn main() {
     let peak = PEAK.load(Ordering::Relaxed);
     let with_new = LIVE.load(Ordering::Relaxed);
     // The applier keeps the new model, the daemon the new IR; the old ones go.
-    drop(ruleset);
-    drop(ir);
-    let ruleset = again.ruleset;
-    let ir = again.ir;
+    drop((ruleset, ir, again.diagnostics, again.notes));
+    let (ruleset, ir) = (again.ruleset, again.ir);
     let after = LIVE.load(Ordering::Relaxed);
     println!(
         "full verification: held {}, high-water {} (+{}), with both outputs {}, after it {}",
